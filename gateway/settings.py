@@ -1,0 +1,179 @@
+"""Settings, read from ``RPA_GATEWAY_*`` environment variables and ``.env``.
+
+A bad setting stops start-up with one line that names the variable; the
+pepper and the Redis password never appear in a repr, a log or an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "RPA_GATEWAY_"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def parse_hostport(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{value}' is not host:port with a port from 1 to 65535")
+    return host.strip("[]"), int(port)
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway and the admin app."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # Store
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    namespace: str = Field("rpagw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    key_pepper: SecretStr
+    max_key_lifetime_days: int = Field(366, ge=1, le=3660)
+    expired_retention_days: int = Field(30, ge=0, le=3660)
+
+    # Listeners and upstream
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:8081"
+    upstream_url: str | None = None
+    upstream_connect_timeout: float = Field(5.0, gt=0, le=300)
+    upstream_read_timeout: float = Field(60.0, gt=0, le=3600)
+    upstream_max_connections: int = Field(256, ge=1, le=100_000)
+
+    # Verification
+    key_headers: CommaList = ["authorization", "x-api-key", "x-apikey"]
+    allow_query_key: bool = False
+    query_key_param: str = "api_key"
+    cache_ttl_seconds: float = Field(10.0, ge=0, le=3600)
+    negative_cache_ttl_seconds: float = Field(5.0, ge=0, le=3600)
+    cache_max_entries: int = Field(200_000, ge=0)
+    stale_if_error_seconds: float = Field(300.0, ge=0, le=86_400)
+    realm: str = Field("rpa-gateway", pattern=r'^[^"\\\r\n]{1,64}$')
+
+    # Forwarding
+    user_id_header: str = Field("X-RPA-User-Id", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    key_id_header: str = Field("X-RPA-Key-Id", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    trusted_proxies: CommaList = []
+
+    # Admin
+    admin_sso_header: str | None = None
+    admin_sso_proxies: CommaList = []
+    audit_max_len: int = Field(100_000, ge=100)
+
+    # Operations
+    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+    access_log: bool = True
+
+    @field_validator(
+        "key_headers", "trusted_proxies", "admin_sso_proxies", mode="before"
+    )
+    @classmethod
+    def _comma_lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("key_headers")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one header name is required")
+        return [name.lower() for name in value]
+
+    @field_validator("trusted_proxies", "admin_sso_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"'{item}' is not an IP address or network") from None
+        return value
+
+    @field_validator("key_pepper")
+    @classmethod
+    def _pepper_length(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "the pepper must be at least 32 characters of random data, "
+                "for example from 'openssl rand -base64 32'"
+            )
+        return value
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        parse_hostport(value, "")
+        return value
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'{value}' is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix", "memory"):
+            raise ValueError("the URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, "listen")
+
+    @property
+    def admin_listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.admin_listen, "admin_listen")
+
+    @property
+    def pepper(self) -> bytes:
+        return self.key_pepper.get_secret_value().encode()
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the first bad variable, without its value."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    field = str(first["loc"][0]) if first["loc"] else "settings"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "is required but not set"
+    return f"Invalid setting {ENV_PREFIX}{field.upper()}: {message}."
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation error into ``SettingsError``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc)) from None

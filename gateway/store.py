@@ -1,0 +1,617 @@
+"""Key and user records in Redis, the store of record.
+
+Layout under the namespace ``ns``:
+
+    ns:k:<hash>     hash    the key record the gateway reads
+    ns:id:<id>      string  key id -> hash
+    ns:uk:<user>    set     the user's key ids
+    ns:keys         set     every key id
+    ns:u:<user>     hash    user record
+    ns:users        set     every user id
+    ns:used         hash    key id -> last-used time
+    ns:invalidate   channel "k:<hash>" or "u:<user>" after every change
+
+Create writes the indexes first and the record the gateway reads last;
+revoke deletes that record first. A crash between two steps therefore never
+leaves a usable key that the indexes do not know, which also holds on Redis
+Cluster where one transaction cannot span slots. On a single Redis the steps
+also run in one MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from datetime import time as dtime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway import keys
+from gateway.problems import Conflict, InvalidInput, NotFound, StoreUnavailable
+from gateway.settings import Settings
+
+PRIVILEGES = (
+    "user_management.open",
+    "user_management.admin",
+    "user_api_key.create",
+    "user_api_key.edit",
+    "user_api_key.delete",
+)
+NAME_MAX = 100
+DESCRIPTION_MAX = 1000
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+Redis = aioredis.Redis
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    privileges: frozenset[str]
+    disabled: bool = False
+    created_at: float = 0.0
+
+    def can(self, privilege: str) -> bool:
+        return privilege in self.privileges
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    key_hash: str = field(repr=False)
+    user_id: str
+    name: str
+    description: str
+    created_at: float
+    created_by: str
+    expires_at: float
+    hint: str
+    last_used_at: float | None = None
+
+    def is_expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.expires_at
+
+    def status(self, now: float | None = None) -> str:
+        return "expired" if self.is_expired(now) else "active"
+
+
+@asynccontextmanager
+async def translate_redis_errors() -> AsyncIterator[None]:
+    """The one place where redis errors become ``StoreUnavailable``."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise StoreUnavailable("The key store cannot be reached.") from exc
+    except RedisError as exc:
+        raise StoreUnavailable(f"The key store refused a command: {exc}.") from exc
+
+
+def iso(timestamp: float) -> str:
+    """RFC 3339 in UTC with a Z, to the second."""
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def parse_expiration(
+    value: str | datetime | date, *, max_days: int, now: float | None = None
+) -> float:
+    """An expiration as a timestamp, checked against now and the maximum.
+
+    A date alone means the end of that day in UTC.
+    """
+    now = time.time() if now is None else now
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime.combine(value, dtime(23, 59, 59), UTC)
+    else:
+        text = value.strip()
+        try:
+            if _DATE_ONLY.match(text):
+                day = date.fromisoformat(text)
+                moment = datetime.combine(day, dtime(23, 59, 59), UTC)
+            else:
+                moment = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise InvalidInput(
+                "expires_at",
+                f"'{value}' is not a date (YYYY-MM-DD) or an RFC 3339 date-time.",
+            ) from None
+    if moment.tzinfo is None:
+        raise InvalidInput(
+            "expires_at", f"'{value}' has no time zone; add Z or an offset."
+        )
+    stamp = moment.timestamp()
+    if stamp <= now:
+        raise InvalidInput("expires_at", f"'{value}' is not in the future.")
+    if stamp > now + max_days * 86400 + 86400:
+        raise InvalidInput(
+            "expires_at",
+            f"'{value}' is more than {max_days} days away, the maximum key lifetime.",
+        )
+    return float(int(stamp))
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= NAME_MAX:
+        raise InvalidInput("name", f"The name must have 1 to {NAME_MAX} characters.")
+    if any(ord(char) < 32 for char in name):
+        raise InvalidInput("name", "The name must not contain control characters.")
+    return name
+
+
+def check_description(description: str) -> str:
+    if len(description) > DESCRIPTION_MAX:
+        raise InvalidInput(
+            "description",
+            f"The description must have at most {DESCRIPTION_MAX} characters.",
+        )
+    return description
+
+
+def check_user_id(user_id: str) -> str:
+    if not USER_ID_PATTERN.match(user_id):
+        raise InvalidInput(
+            "user_id",
+            f"'{user_id[:64]}' is not a valid user id: use 1 to 128 letters, "
+            "digits and _ . @ -, starting with a letter or digit.",
+        )
+    return user_id
+
+
+def check_privileges(privileges: Iterable[str]) -> frozenset[str]:
+    chosen = frozenset(privileges)
+    unknown = sorted(chosen.difference(PRIVILEGES))
+    if unknown:
+        raise InvalidInput(
+            "privileges",
+            f"Unknown privilege '{unknown[0]}'; known: {', '.join(PRIVILEGES)}.",
+        )
+    return chosen
+
+
+def _user_from(data: dict[str, str]) -> User:
+    privileges = data.get("privileges", "")
+    return User(
+        id=data["id"],
+        name=data.get("name", data["id"]),
+        privileges=frozenset(p for p in privileges.split(",") if p),
+        disabled=data.get("disabled") == "1",
+        created_at=float(data.get("created_at", 0)),
+    )
+
+
+def _key_from(key_hash: str, data: dict[str, str], used: str | None) -> KeyRecord:
+    return KeyRecord(
+        id=data["id"],
+        key_hash=key_hash,
+        user_id=data["user_id"],
+        name=data["name"],
+        description=data.get("description", ""),
+        created_at=float(data["created_at"]),
+        created_by=data.get("created_by", ""),
+        expires_at=float(data["expires_at"]),
+        hint=data.get("hint", ""),
+        last_used_at=float(used) if used else None,
+    )
+
+
+Step = Callable[[Any], Awaitable[Any] | Any]
+
+
+class KeyStore:
+    """Users and keys in Redis; every mutation publishes an invalidation."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        namespace: str,
+        pepper: bytes,
+        *,
+        max_lifetime_days: int = 366,
+        retention_days: int = 30,
+        atomic: bool = True,
+    ) -> None:
+        # Typed loosely: redis-py's annotations cannot express that a client
+        # made with decode_responses=True returns str, never bytes.
+        self.redis: Any = redis
+        self.ns = namespace
+        self.pepper = pepper
+        self.max_lifetime_days = max_lifetime_days
+        self.retention_seconds = retention_days * 86400
+        # False on Redis Cluster: the steps then run one by one, in order.
+        self.atomic = atomic
+
+    def __repr__(self) -> str:
+        return f"KeyStore(namespace={self.ns!r}, atomic={self.atomic})"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.ns}:invalidate"
+
+    def hash_key(self, key: str) -> str:
+        return keys.key_hash(self.pepper, key)
+
+    # Redis key names -----------------------------------------------------
+
+    def _k(self, key_hash: str) -> str:
+        return f"{self.ns}:k:{key_hash}"
+
+    def _id(self, key_id: str) -> str:
+        return f"{self.ns}:id:{key_id}"
+
+    def _uk(self, user_id: str) -> str:
+        return f"{self.ns}:uk:{user_id}"
+
+    def _u(self, user_id: str) -> str:
+        return f"{self.ns}:u:{user_id}"
+
+    # Writing in order ----------------------------------------------------
+
+    async def _write(self, steps: list[Step]) -> None:
+        """Run the steps in order: in one MULTI/EXEC, or one by one."""
+        async with translate_redis_errors():
+            if self.atomic:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for step in steps:
+                        step(pipe)
+                    await pipe.execute()
+            else:
+                for step in steps:
+                    await step(self.redis)
+
+    # Users ---------------------------------------------------------------
+
+    async def add_user(
+        self, user_id: str, name: str | None = None, privileges: Iterable[str] = ()
+    ) -> User:
+        check_user_id(user_id)
+        user = User(
+            id=user_id,
+            name=(name or user_id).strip()[:NAME_MAX] or user_id,
+            privileges=check_privileges(privileges),
+            created_at=time.time(),
+        )
+        async with translate_redis_errors():
+            created = await self.redis.hsetnx(self._u(user_id), "id", user_id)
+        if not created:
+            raise Conflict(f"User '{user_id}' already exists.")
+        await self._write(
+            [
+                lambda r: r.sadd(f"{self.ns}:users", user_id),
+                lambda r: r.hset(self._u(user_id), mapping=self._user_fields(user)),
+                lambda r: r.publish(self.channel, f"u:{user_id}"),
+            ]
+        )
+        return user
+
+    @staticmethod
+    def _user_fields(user: User) -> dict[str, str]:
+        return {
+            "id": user.id,
+            "name": user.name,
+            "privileges": ",".join(sorted(user.privileges)),
+            "disabled": "1" if user.disabled else "0",
+            "created_at": repr(user.created_at),
+        }
+
+    async def get_user(self, user_id: str) -> User | None:
+        async with translate_redis_errors():
+            data = await self.redis.hgetall(self._u(user_id))
+        return _user_from(data) if data.get("id") else None
+
+    async def require_user(self, user_id: str) -> User:
+        user = await self.get_user(user_id)
+        if user is None:
+            raise NotFound(f"User '{user_id}' does not exist.")
+        return user
+
+    async def list_users(self) -> list[User]:
+        async with translate_redis_errors():
+            ids = sorted(await self.redis.smembers(f"{self.ns}:users"))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for user_id in ids:
+                    pipe.hgetall(self._u(user_id))
+                rows = await pipe.execute()
+        return [_user_from(row) for row in rows if row.get("id")]
+
+    async def update_user(
+        self,
+        user_id: str,
+        *,
+        name: str | None = None,
+        privileges: Iterable[str] | None = None,
+        disabled: bool | None = None,
+    ) -> User:
+        user = await self.require_user(user_id)
+        fields: dict[str, str] = {}
+        if name is not None:
+            fields["name"] = check_name(name)
+        if privileges is not None:
+            fields["privileges"] = ",".join(sorted(check_privileges(privileges)))
+        if disabled is not None:
+            fields["disabled"] = "1" if disabled else "0"
+        if fields:
+            await self._write(
+                [
+                    lambda r: r.hset(self._u(user_id), mapping=fields),
+                    lambda r: r.publish(self.channel, f"u:{user_id}"),
+                ]
+            )
+        return await self.require_user(user.id)
+
+    async def remove_user(self, user_id: str) -> int:
+        """Revoke every key of the user, then delete the user; the count."""
+        await self.require_user(user_id)
+        # Mark disabled first so that no key of the user works from here on.
+        await self.update_user(user_id, disabled=True)
+        revoked = 0
+        for record in await self.list_keys(user_id):
+            try:
+                await self.revoke_key(record.id)
+                revoked += 1
+            except NotFound:
+                pass
+        await self._write(
+            [
+                lambda r: r.delete(self._u(user_id)),
+                lambda r: r.delete(self._uk(user_id)),
+                lambda r: r.srem(f"{self.ns}:users", user_id),
+                lambda r: r.publish(self.channel, f"u:{user_id}"),
+            ]
+        )
+        return revoked
+
+    # Keys ----------------------------------------------------------------
+
+    async def create_key(
+        self,
+        user_id: str,
+        *,
+        name: str,
+        expires_at: str | datetime | date | float,
+        description: str = "",
+        created_by: str | None = None,
+    ) -> tuple[KeyRecord, str]:
+        """Make a key for the user; returns the record and the plaintext once."""
+        name = check_name(name)
+        description = check_description(description)
+        expires = (
+            float(expires_at)
+            if isinstance(expires_at, int | float)
+            else parse_expiration(expires_at, max_days=self.max_lifetime_days)
+        )
+        user = await self.require_user(user_id)
+        plaintext = keys.generate_key()
+        record = KeyRecord(
+            id=keys.new_key_id(),
+            key_hash=self.hash_key(plaintext),
+            user_id=user.id,
+            name=name,
+            description=description,
+            created_at=float(int(time.time())),
+            created_by=created_by or user.id,
+            expires_at=expires,
+            hint=keys.hint(plaintext),
+        )
+        purge_at = int((expires + self.retention_seconds) * 1000)
+        fields = {
+            "id": record.id,
+            "user_id": record.user_id,
+            "name": record.name,
+            "description": record.description,
+            "created_at": repr(record.created_at),
+            "created_by": record.created_by,
+            "expires_at": repr(record.expires_at),
+            "hint": record.hint,
+        }
+        k, kid = self._k(record.key_hash), self._id(record.id)
+        await self._write(
+            [
+                lambda r: r.sadd(f"{self.ns}:keys", record.id),
+                lambda r: r.sadd(self._uk(user.id), record.id),
+                lambda r: r.set(kid, record.key_hash, pxat=purge_at),
+                lambda r: r.hset(k, mapping=fields),
+                lambda r: r.pexpireat(k, purge_at),
+                lambda r: r.publish(self.channel, f"k:{record.key_hash}"),
+            ]
+        )
+        return record, plaintext
+
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        async with translate_redis_errors():
+            data = await self.redis.hgetall(self._k(key_hash))
+        if not data.get("id"):
+            return None
+        return _key_from(key_hash, data, None)
+
+    async def lookup(self, key_hash: str) -> tuple[KeyRecord, User | None] | None:
+        """The verifier's read: the key record, then its user."""
+        record = await self.get_key_by_hash(key_hash)
+        if record is None:
+            return None
+        return record, await self.get_user(record.user_id)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        async with translate_redis_errors():
+            key_hash = await self.redis.get(self._id(key_id))
+            if not key_hash:
+                return None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._k(key_hash))
+                pipe.hget(f"{self.ns}:used", key_id)
+                data, used = await pipe.execute()
+        if not data.get("id"):
+            return None
+        return _key_from(key_hash, data, used)
+
+    async def require_key(self, key_id: str) -> KeyRecord:
+        record = await self.get_key(key_id)
+        if record is None:
+            raise NotFound(f"Key '{key_id}' does not exist.")
+        return record
+
+    async def list_keys(self, user_id: str | None = None) -> list[KeyRecord]:
+        """Keys, oldest first; index entries whose record is gone are dropped."""
+        index = self._uk(user_id) if user_id else f"{self.ns}:keys"
+        async with translate_redis_errors():
+            ids = sorted(await self.redis.smembers(index))
+            if not ids:
+                return []
+            hashes = await self.redis.mget([self._id(i) for i in ids])
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_hash in hashes:
+                    pipe.hgetall(self._k(key_hash or "-"))
+                rows = await pipe.execute()
+            used = await self.redis.hmget(f"{self.ns}:used", ids)
+        records, gone = [], []
+        for key_id, key_hash, data, last in zip(ids, hashes, rows, used, strict=True):
+            if key_hash and data.get("id"):
+                records.append(_key_from(key_hash, data, last))
+            else:
+                gone.append(key_id)
+        if gone:
+            await self._forget(gone, user_id)
+        return records
+
+    async def _forget(self, key_ids: list[str], user_id: str | None) -> None:
+        """Drop index entries of records that expired out or half-written."""
+        pipeline = self.redis.pipeline(transaction=False)
+        async with translate_redis_errors(), pipeline as pipe:
+            pipe.srem(f"{self.ns}:keys", *key_ids)
+            pipe.hdel(f"{self.ns}:used", *key_ids)
+            if user_id:
+                pipe.srem(self._uk(user_id), *key_ids)
+            await pipe.execute()
+
+    async def edit_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        expires_at: str | datetime | date | float | None = None,
+    ) -> KeyRecord:
+        record = await self.require_key(key_id)
+        fields: dict[str, str] = {}
+        if name is not None:
+            fields["name"] = check_name(name)
+        if description is not None:
+            fields["description"] = check_description(description)
+        purge_at = None
+        if expires_at is not None:
+            expires = (
+                float(expires_at)
+                if isinstance(expires_at, int | float)
+                else parse_expiration(expires_at, max_days=self.max_lifetime_days)
+            )
+            fields["expires_at"] = repr(expires)
+            purge_at = int((expires + self.retention_seconds) * 1000)
+        if not fields:
+            return record
+        k = self._k(record.key_hash)
+        steps: list[Step] = []
+        if purge_at is not None:
+            steps.append(lambda r: r.pexpireat(self._id(key_id), purge_at))
+        # Only update a record that still exists: HSET would recreate a
+        # revoked one. A revoke that wins the race leaves nothing to edit.
+        async with translate_redis_errors():
+            if not await self.redis.exists(k):
+                raise NotFound(f"Key '{key_id}' does not exist.")
+        steps.append(lambda r: r.hset(k, mapping=fields))
+        if purge_at is not None:
+            steps.append(lambda r: r.pexpireat(k, purge_at))
+        steps.append(lambda r: r.publish(self.channel, f"k:{record.key_hash}"))
+        await self._write(steps)
+        return await self.require_key(key_id)
+
+    async def revoke_key(self, key_id: str) -> KeyRecord:
+        """Delete the record the gateway reads first, then the indexes."""
+        record = await self.require_key(key_id)
+        await self._write(
+            [
+                lambda r: r.delete(self._k(record.key_hash)),
+                lambda r: r.publish(self.channel, f"k:{record.key_hash}"),
+                lambda r: r.delete(self._id(key_id)),
+                lambda r: r.srem(self._uk(record.user_id), key_id),
+                lambda r: r.srem(f"{self.ns}:keys", key_id),
+                lambda r: r.hdel(f"{self.ns}:used", key_id),
+            ]
+        )
+        return record
+
+    async def mark_used(self, used: dict[str, float]) -> None:
+        """Record last-used times, in one round trip, for many keys at once."""
+        if used:
+            async with translate_redis_errors():
+                await self.redis.hset(
+                    f"{self.ns}:used", mapping={k: repr(v) for k, v in used.items()}
+                )
+
+    # Health --------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with translate_redis_errors():
+            await self.redis.ping()
+
+    async def persistence(self) -> tuple[bool | None, str]:
+        """Whether the Redis keeps data across a restart, and how."""
+        async with translate_redis_errors():
+            info = await self.redis.info("persistence")
+            try:
+                saves = await self.redis.config_get("save")
+                appendfsync = await self.redis.config_get("appendfsync")
+            except RedisError:
+                saves, appendfsync = {}, {}
+        aof = str(info.get("aof_enabled", "0")) == "1"
+        rdb = bool(saves.get("save", "").strip())
+        if aof:
+            return True, f"AOF (appendfsync {appendfsync.get('appendfsync', '?')})"
+        if rdb:
+            return True, f"RDB snapshots only (save {saves['save']})"
+        if not saves and "aof_enabled" not in info:
+            return None, "unknown (INFO and CONFIG are not available)"
+        return False, "none: AOF and RDB are both off"
+
+
+def open_redis(url: str) -> Redis:
+    """A client for the URL; ``memory://`` is an in-process Redis (the demo)."""
+    if url.startswith("memory://"):
+        import fakeredis
+
+        server = _MEMORY_SERVERS.setdefault(url, fakeredis.FakeServer())
+        client: Redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+        return client
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+        socket_timeout=2.0,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
+
+
+_MEMORY_SERVERS: dict[str, Any] = {}
+
+
+def store_from_settings(settings: Settings, redis: Redis | None = None) -> KeyStore:
+    url = settings.redis_url.get_secret_value()
+    return KeyStore(
+        redis if redis is not None else open_redis(url),
+        settings.namespace,
+        settings.pepper,
+        max_lifetime_days=settings.max_key_lifetime_days,
+        retention_days=settings.expired_retention_days,
+    )

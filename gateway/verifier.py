@@ -1,0 +1,159 @@
+"""Request credentials in, an identity or a denial out: the hot path.
+
+1. Find the key in the configured headers (and the query, if enabled).
+2. Check format and checksum: a malformed key is refused without Redis.
+3. Look the hash up in the cache; on a miss ask Redis once, however many
+   requests for the same key arrive meanwhile.
+4. Refuse unknown, revoked, expired and disabled-user keys with 401. When
+   Redis cannot be reached, a key verified within the stale bound still
+   works (its expiry still counts); any other key gets 503, never 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from urllib.parse import parse_qsl
+
+from gateway import keys
+from gateway.cache import Identity, KeyCache
+from gateway.problems import AuthError, StoreUnavailable
+from gateway.settings import Settings
+from gateway.store import KeyStore
+
+MISSING = AuthError("An API key is required.", error=None)
+INVALID = AuthError("The API key is invalid or has been revoked.")
+MALFORMED = AuthError("The API key is malformed.")
+EXPIRED = AuthError("The API key has expired; extend it or create a new one.")
+
+_BEARER = b"bearer "
+
+
+class Verifier:
+    """Shared by the proxy, forward-auth and the admin app."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        cache: KeyCache,
+        header_names: Iterable[str] = ("authorization", "x-api-key", "x-apikey"),
+        *,
+        query_param: str | None = None,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.header_names = tuple(name.lower() for name in header_names)
+        self._header_order = tuple(name.encode("latin-1") for name in self.header_names)
+        self._header_bytes = frozenset(self._header_order)
+        self.query_param = query_param
+        self.hits = 0
+        self.misses = 0
+        self.stale_served = 0
+        self.redis_errors = 0
+        self._pepper = store.pepper
+        self._inflight: dict[str, asyncio.Future[Identity | None]] = {}
+        self._used: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: KeyStore) -> Verifier:
+        cache = KeyCache(
+            ttl=settings.cache_ttl_seconds,
+            negative_ttl=settings.negative_cache_ttl_seconds,
+            stale_bound=settings.stale_if_error_seconds,
+            max_entries=settings.cache_max_entries,
+        )
+        query = settings.query_key_param if settings.allow_query_key else None
+        return cls(store, cache, settings.key_headers, query_param=query)
+
+    # Finding the credential ---------------------------------------------
+
+    def credential_headers(self) -> frozenset[bytes]:
+        """The lower-case names of the headers that may carry a key."""
+        return self._header_bytes
+
+    def extract(
+        self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b""
+    ) -> str | None:
+        """The key from the first configured header that has one."""
+        found: dict[bytes, bytes] = {}
+        for name, value in headers:
+            if name in self._header_bytes:
+                found.setdefault(name, value)
+        for name in self._header_order:
+            raw = found.get(name)
+            if raw is None:
+                continue
+            if name == b"authorization":
+                if raw[:7].lower() != _BEARER:
+                    continue
+                raw = raw[7:]
+            return raw.strip().decode("latin-1")
+        if self.query_param and query_string:
+            for param, text in parse_qsl(query_string.decode("latin-1")):
+                if param == self.query_param:
+                    return text
+        return None
+
+    # Verifying -----------------------------------------------------------
+
+    async def verify(self, key: str | None) -> Identity:
+        """The identity behind the key, or ``AuthError``/``StoreUnavailable``."""
+        if not key:
+            raise MISSING
+        if not keys.is_well_formed(key):
+            raise MALFORMED
+        key_hash = keys.key_hash(self._pepper, key)
+        entry = self.cache.get(key_hash)
+        now = time.monotonic()
+        if entry is not None and now < entry.fresh_until:
+            self.hits += 1
+            identity = entry.identity
+        else:
+            self.misses += 1
+            try:
+                identity = await self._fetch(key_hash)
+            except StoreUnavailable:
+                self.redis_errors += 1
+                if entry is None or entry.identity is None or now >= entry.stale_until:
+                    raise
+                self.stale_served += 1
+                identity = entry.identity
+        if identity is None:
+            raise INVALID
+        wall = time.time()
+        if wall >= identity.expires_at:
+            raise EXPIRED
+        self._used[identity.key_id] = wall
+        return identity
+
+    async def _fetch(self, key_hash: str) -> Identity | None:
+        """One Redis lookup per hash at a time; concurrent callers share it.
+
+        The lookup runs as its own task so that a caller that goes away (a
+        client disconnect cancels its request) does not cancel it for the
+        others waiting on the same key.
+        """
+        task = self._inflight.get(key_hash)
+        if task is None:
+            task = asyncio.ensure_future(self._lookup(key_hash, self.cache.generation))
+            self._inflight[key_hash] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        return await asyncio.shield(task)
+
+    async def _lookup(self, key_hash: str, generation: int) -> Identity | None:
+        found = await self.store.lookup(key_hash)
+        identity = None
+        if found is not None:
+            record, user = found
+            if user is not None and not user.disabled:
+                identity = Identity(record.id, record.user_id, record.expires_at)
+        self.cache.put(key_hash, identity, generation)
+        return identity
+
+    # Last used -----------------------------------------------------------
+
+    def take_used(self) -> dict[str, float]:
+        """Last-used times since the previous call, for ``store.mark_used``."""
+        used, self._used = self._used, {}
+        return used
