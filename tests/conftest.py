@@ -1,0 +1,131 @@
+"""Fixtures shared by every tier.
+
+Store tests run twice: on fakeredis (fast) and on the real Redis at
+127.0.0.1:6379, each test in a namespace of its own. Outside CI a missing
+component skips its tier; with CI=true it fails, so CI cannot go green on a
+tier that did not run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.settings import Settings
+from gateway.store import KeyStore
+
+REAL_REDIS_URL = os.environ.get(
+    "RPA_GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
+)
+PEPPER = "test-pepper-" + "p" * 40
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when a component is missing; fail instead in CI."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but is not available.")
+    pytest.skip(f"{what} is not available.")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"The '{name}' binary")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No RPA_GATEWAY_* variable and no .env leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("RPA_GATEWAY_") and name != "RPA_GATEWAY_TEST_REDIS_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def settings(namespace: str) -> Settings:
+    return Settings(
+        key_pepper=PEPPER,
+        namespace=namespace,
+        redis_url=REAL_REDIS_URL,
+        upstream_url="http://127.0.0.1:9",
+    )
+
+
+async def _real_redis_or_skip() -> Any:
+    client = aioredis.Redis.from_url(REAL_REDIS_URL, decode_responses=True)
+    try:
+        await client.ping()
+    except Exception:
+        await client.aclose()
+        require(False, f"A Redis server at {REAL_REDIS_URL}")
+    return client
+
+
+async def drop_namespace(client: Any, namespace: str) -> None:
+    async for name in client.scan_iter(match=f"{namespace}:*", count=500):
+        await client.delete(name)
+
+
+@pytest.fixture
+async def real_redis(namespace: str) -> AsyncIterator[Any]:
+    client = await _real_redis_or_skip()
+    yield client
+    await drop_namespace(client, namespace)
+    await client.aclose()
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.redis)])
+async def redis_client(
+    request: pytest.FixtureRequest, namespace: str
+) -> AsyncIterator[Any]:
+    """A Redis client: fakeredis, then the real server."""
+    if request.param == "fake":
+        client = fakeredis.FakeAsyncRedis(
+            server=fakeredis.FakeServer(), decode_responses=True
+        )
+        yield client
+        await client.aclose()
+    else:
+        client = await _real_redis_or_skip()
+        yield client
+        await drop_namespace(client, namespace)
+        await client.aclose()
+
+
+@pytest.fixture
+def store(redis_client: Any, namespace: str) -> KeyStore:
+    return KeyStore(redis_client, namespace, PEPPER.encode(), max_lifetime_days=366)
+
+
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A folder under test-output/ named after the test, for screenshots."""
+    root = request.config.rootpath / "test-output"
+    path = root / request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
