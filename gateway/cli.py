@@ -192,6 +192,11 @@ async def check(store: KeyStore, args: argparse.Namespace) -> None:
             "key and user. Use config/redis.conf (AOF, appendfsync everysec).",
             file=sys.stderr,
         )
+    elif durable is None:
+        print(
+            f"WARNING: cannot tell whether Redis persists data ({how}).",
+            file=sys.stderr,
+        )
     print(f"Redis persistence: {how}.")
 
 

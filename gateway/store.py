@@ -31,7 +31,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import keys
@@ -568,11 +568,14 @@ class KeyStore:
     async def persistence(self) -> tuple[bool | None, str]:
         """Whether the Redis keeps data across a restart, and how."""
         async with translate_redis_errors():
-            info = await self.redis.info("persistence")
+            try:
+                info = await self.redis.info("persistence")
+            except ResponseError:
+                return None, "unknown: the server does not answer INFO"
             try:
                 saves = await self.redis.config_get("save")
                 appendfsync = await self.redis.config_get("appendfsync")
-            except RedisError:
+            except ResponseError:
                 saves, appendfsync = {}, {}
         aof = str(info.get("aof_enabled", "0")) == "1"
         rdb = bool(saves.get("save", "").strip())
@@ -581,7 +584,7 @@ class KeyStore:
         if rdb:
             return True, f"RDB snapshots only (save {saves['save']})"
         if not saves and "aof_enabled" not in info:
-            return None, "unknown (INFO and CONFIG are not available)"
+            return None, "unknown: INFO and CONFIG do not say"
         return False, "none: AOF and RDB are both off"
 
 

@@ -1,0 +1,96 @@
+"""Settings: environment variables, defaults, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+
+GOOD_PEPPER = "x" * 40
+
+
+def test_defaults_match_the_documented_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    settings = load_settings()
+    assert settings.listen_address == ("127.0.0.1", 8080)
+    assert settings.admin_listen_address == ("127.0.0.1", 8081)
+    assert settings.namespace == "rpagw"
+    assert settings.max_key_lifetime_days == 366
+    assert settings.key_headers == ["authorization", "x-api-key", "x-apikey"]
+    assert settings.allow_query_key is False
+
+
+def test_a_missing_pepper_names_the_variable() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "Invalid setting RPA_GATEWAY_KEY_PEPPER: is required but not set."
+    )
+
+
+def test_a_short_pepper_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", "tiny-secret-value")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "RPA_GATEWAY_KEY_PEPPER" in str(caught.value)
+    assert "tiny-secret-value" not in str(caught.value)
+
+
+def test_the_pepper_and_redis_password_stay_out_of_the_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    monkeypatch.setenv("RPA_GATEWAY_REDIS_URL", "redis://:hunter2secret@db:6379/0")
+    settings = load_settings()
+    assert GOOD_PEPPER not in repr(settings)
+    assert "hunter2secret" not in repr(settings)
+    assert settings.pepper == GOOD_PEPPER.encode()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        pytest.param("LISTEN", "8080", "host:port", id="listen-without-host"),
+        pytest.param("ADMIN_LISTEN", "127.0.0.1:99999", "host:port", id="bad-port"),
+        pytest.param("UPSTREAM_URL", "ftp://x", "http://", id="upstream-scheme"),
+        pytest.param("NAMESPACE", "has space", "NAMESPACE", id="namespace"),
+        pytest.param("MAX_KEY_LIFETIME_DAYS", "0", "greater than", id="lifetime"),
+        pytest.param("TRUSTED_PROXIES", "10.0.0.0/8,nope", "'nope'", id="cidr"),
+        pytest.param("REDIS_URL", "http://x", "redis://", id="redis-scheme"),
+        pytest.param("KEY_HEADERS", " , ", "at least one", id="no-headers"),
+    ],
+)
+def test_an_invalid_setting_stops_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    monkeypatch.setenv(f"RPA_GATEWAY_{variable}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"Invalid setting RPA_GATEWAY_{variable}:")
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_comma_lists_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    monkeypatch.setenv("RPA_GATEWAY_KEY_HEADERS", "X-API-Key, Authorization")
+    monkeypatch.setenv("RPA_GATEWAY_TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")
+    settings = load_settings()
+    assert settings.key_headers == ["x-api-key", "authorization"]
+    assert settings.trusted_proxies == ["10.0.0.0/8", "127.0.0.1"]
+
+
+def test_a_dotenv_file_is_read(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(".env", "w") as env:
+        env.write(
+            f"RPA_GATEWAY_KEY_PEPPER={GOOD_PEPPER}\nRPA_GATEWAY_NAMESPACE=fromfile\n"
+        )
+    assert load_settings().namespace == "fromfile"

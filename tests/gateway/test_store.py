@@ -1,0 +1,358 @@
+"""The store of record, on fakeredis and on the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gateway.problems import Conflict, InvalidInput, NotFound, StoreUnavailable
+from gateway.store import PRIVILEGES, KeyStore, parse_expiration
+from tests.conftest import PEPPER
+
+
+def in_days(days: float) -> str:
+    moment = datetime.now(UTC) + timedelta(days=days)
+    return moment.replace(microsecond=0).isoformat()
+
+
+async def usable(store: KeyStore, plaintext: str) -> bool:
+    """Would the gateway accept this key? (record present, user enabled)."""
+    found = await store.lookup(store.hash_key(plaintext))
+    if found is None:
+        return False
+    record, user = found
+    return user is not None and not user.disabled and not record.is_expired()
+
+
+@pytest.fixture
+async def alice(store: KeyStore) -> str:
+    await store.add_user("alice", "Alice Doe", PRIVILEGES)
+    return "alice"
+
+
+async def test_a_created_key_can_be_found_by_id_hash_and_user(
+    store: KeyStore, alice: str
+) -> None:
+    record, plaintext = await store.create_key(
+        alice, name="Composer flow", description="Nightly run", expires_at=in_days(30)
+    )
+    assert await usable(store, plaintext)
+    by_id = await store.require_key(record.id)
+    assert by_id.name == "Composer flow"
+    assert by_id.description == "Nightly run"
+    assert by_id.hint == plaintext[-4:]
+    assert by_id.status() == "active"
+    assert [r.id for r in await store.list_keys(alice)] == [record.id]
+    assert [r.id for r in await store.list_keys()] == [record.id]
+
+
+async def test_no_plaintext_key_exists_anywhere_in_redis(
+    store: KeyStore, redis_client: Any, alice: str, namespace: str
+) -> None:
+    plaintexts = []
+    for number in range(5):
+        _, plaintext = await store.create_key(
+            alice, name=f"key {number}", expires_at=in_days(10)
+        )
+        plaintexts.append(plaintext)
+    dumped = []
+    async for name in redis_client.scan_iter(match=f"{namespace}:*"):
+        kind = await redis_client.type(name)
+        if kind == "hash":
+            dumped.extend((await redis_client.hgetall(name)).items())
+        elif kind == "set":
+            dumped.extend(await redis_client.smembers(name))
+        elif kind == "string":
+            dumped.append(await redis_client.get(name))
+        elif kind == "stream":
+            dumped.extend(str(e) for e in await redis_client.xrange(name))
+        dumped.append(name)
+    blob = repr(dumped)
+    assert dumped
+    for plaintext in plaintexts:
+        assert plaintext not in blob
+        assert plaintext[4:44] not in blob  # not even the random part
+
+
+async def test_revoking_a_key_stops_it_and_cleans_every_index(
+    store: KeyStore, redis_client: Any, alice: str, namespace: str
+) -> None:
+    record, plaintext = await store.create_key(alice, name="k", expires_at=in_days(3))
+    await store.revoke_key(record.id)
+    assert not await usable(store, plaintext)
+    assert await store.get_key(record.id) is None
+    assert await store.list_keys(alice) == []
+    remaining = [n async for n in redis_client.scan_iter(match=f"{namespace}:*")]
+    assert all(not n.startswith(f"{namespace}:k:") for n in remaining)
+    with pytest.raises(NotFound, match=record.id):
+        await store.revoke_key(record.id)
+
+
+async def test_editing_changes_name_description_and_expiration(
+    store: KeyStore, alice: str
+) -> None:
+    record, plaintext = await store.create_key(alice, name="old", expires_at=in_days(3))
+    edited = await store.edit_key(
+        record.id, name="new", description="moved", expires_at=in_days(200)
+    )
+    assert (edited.name, edited.description) == ("new", "moved")
+    assert edited.expires_at > record.expires_at
+    assert await usable(store, plaintext)
+
+
+async def test_an_expired_key_stays_listed_and_can_be_extended(
+    store: KeyStore, alice: str
+) -> None:
+    record, plaintext = await store.create_key(
+        alice, name="short", expires_at=time.time() + 0.5
+    )
+    await asyncio.sleep(0.6)
+    listed = await store.list_keys(alice)
+    assert [(r.id, r.status()) for r in listed] == [(record.id, "expired")]
+    assert not await usable(store, plaintext)
+    await store.edit_key(record.id, expires_at=in_days(5))
+    assert await usable(store, plaintext)
+
+
+async def test_records_are_purged_after_the_retention_period(
+    store: KeyStore, redis_client: Any, alice: str, namespace: str
+) -> None:
+    record, _ = await store.create_key(alice, name="k", expires_at=in_days(1))
+    ttl_ms = await redis_client.pttl(f"{namespace}:k:{record.key_hash}")
+    expected = (record.expires_at + 30 * 86400 - time.time()) * 1000
+    assert abs(ttl_ms - expected) < 5000
+    assert await redis_client.pttl(f"{namespace}:id:{record.id}") > 0
+
+
+async def test_disabling_a_user_stops_all_their_keys(
+    store: KeyStore, alice: str
+) -> None:
+    _, first = await store.create_key(alice, name="a", expires_at=in_days(3))
+    _, second = await store.create_key(alice, name="b", expires_at=in_days(3))
+    await store.update_user(alice, disabled=True)
+    assert not await usable(store, first)
+    assert not await usable(store, second)
+    await store.update_user(alice, disabled=False)
+    assert await usable(store, first)
+
+
+async def test_removing_a_user_revokes_every_key(store: KeyStore, alice: str) -> None:
+    _, plaintext = await store.create_key(alice, name="a", expires_at=in_days(3))
+    assert await store.remove_user(alice) == 1
+    assert not await usable(store, plaintext)
+    assert await store.get_user(alice) is None
+    assert await store.list_keys() == []
+
+
+async def test_users_are_unique_and_validated(store: KeyStore, alice: str) -> None:
+    with pytest.raises(Conflict, match="'alice' already exists"):
+        await store.add_user(alice)
+    with pytest.raises(InvalidInput) as caught:
+        await store.add_user("bad user")
+    assert caught.value.field == "user_id"
+    with pytest.raises(InvalidInput, match="Unknown privilege 'root'"):
+        await store.add_user("bob", privileges=["root"])
+    assert [u.id for u in await store.list_users()] == ["alice"]
+
+
+async def test_keys_need_an_existing_user(store: KeyStore) -> None:
+    with pytest.raises(NotFound, match=r"User 'ghost' does not exist\."):
+        await store.create_key("ghost", name="k", expires_at=in_days(1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        pytest.param({"name": ""}, "name", id="empty-name"),
+        pytest.param({"name": "n" * 101}, "name", id="long-name"),
+        pytest.param({"description": "d" * 1001}, "description", id="long-description"),
+        pytest.param({"expires_at": "2001-01-01"}, "expires_at", id="past"),
+        pytest.param({"expires_at": "tomorrow"}, "expires_at", id="not-a-date"),
+        pytest.param({"expires_at": "2030-01-01T00:00:00"}, "expires_at", id="no-zone"),
+        pytest.param({"expires_at": in_days(400)}, "expires_at", id="beyond-maximum"),
+    ],
+)
+async def test_invalid_key_input_names_the_field_and_writes_nothing(
+    store: KeyStore, alice: str, changes: dict[str, str], field: str
+) -> None:
+    arguments: dict[str, Any] = {"name": "ok", "expires_at": in_days(3)} | changes
+    with pytest.raises(InvalidInput) as caught:
+        await store.create_key(alice, **arguments)
+    assert caught.value.field == field
+    assert await store.list_keys() == []
+
+
+def test_a_date_alone_means_the_end_of_that_day_in_utc() -> None:
+    now = datetime(2030, 5, 1, 12, tzinfo=UTC).timestamp()
+    stamp = parse_expiration("2030-05-02", max_days=366, now=now)
+    assert datetime.fromtimestamp(stamp, UTC) == datetime(
+        2030, 5, 2, 23, 59, 59, tzinfo=UTC
+    )
+
+
+async def test_every_mutation_publishes_an_invalidation(
+    store: KeyStore, redis_client: Any
+) -> None:
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(store.channel)
+    await store.add_user("carol", privileges=PRIVILEGES)
+    record, _ = await store.create_key("carol", name="k", expires_at=in_days(3))
+    await store.edit_key(record.id, name="renamed")
+    await store.revoke_key(record.id)
+    await store.update_user("carol", disabled=True)
+    seen = []
+    deadline = time.monotonic() + 5
+    while len(seen) < 5 and time.monotonic() < deadline:
+        message = await pubsub.get_message(timeout=0.5)
+        if message:
+            seen.append(message["data"])
+    await pubsub.aclose()
+    k = f"k:{record.key_hash}"
+    assert seen == ["u:carol", k, k, k, "u:carol"]
+
+
+class FailAfter:
+    """A Redis client proxy whose Nth write command raises, like a crash."""
+
+    WRITES = {"sadd", "set", "hset", "pexpireat", "publish", "delete", "srem", "hdel"}
+
+    def __init__(self, client: Any, fail_at: int) -> None:
+        self._client = client
+        self.fail_at = fail_at
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if name not in self.WRITES:
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.writes += 1
+            if self.writes == self.fail_at:
+                raise RedisConnectionError("injected failure")
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("fail_at", range(1, 7))
+async def test_a_create_interrupted_at_any_step_leaves_no_usable_key(
+    redis_client: Any, namespace: str, fail_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    healthy = KeyStore(redis_client, namespace, PEPPER.encode())
+    await healthy.add_user("dave", privileges=PRIVILEGES)
+    failing = FailAfter(redis_client, fail_at)
+    store = KeyStore(failing, namespace, PEPPER.encode(), atomic=False)  # type: ignore[arg-type]
+    made: list[str] = []
+    original = __import__("gateway.keys", fromlist=["generate_key"]).generate_key
+
+    def remember() -> str:
+        made.append(original())
+        return made[-1]
+
+    monkeypatch.setattr("gateway.keys.generate_key", remember)
+    try:
+        record, plaintext = await store.create_key(
+            "dave", name="k", expires_at=in_days(2)
+        )
+    except StoreUnavailable:
+        # The crash happened before the record the gateway reads was complete,
+        # or after: either way the key must not be usable without its index.
+        plaintext = made[-1]
+        found = await healthy.lookup(healthy.hash_key(plaintext))
+        if found is not None:
+            assert await healthy.get_key(found[0].id) is not None
+        return
+    assert fail_at > failing.writes  # every step ran
+    assert await usable(healthy, plaintext)
+    assert (await healthy.require_key(record.id)).id == record.id
+
+
+@pytest.mark.parametrize("fail_at", range(1, 7))
+async def test_a_revoke_interrupted_at_any_step_leaves_the_key_unusable(
+    redis_client: Any, namespace: str, fail_at: int
+) -> None:
+    healthy = KeyStore(redis_client, namespace, PEPPER.encode())
+    await healthy.add_user("erin", privileges=PRIVILEGES)
+    record, plaintext = await healthy.create_key(
+        "erin", name="k", expires_at=in_days(2)
+    )
+    failing = FailAfter(redis_client, fail_at)
+    store = KeyStore(failing, namespace, PEPPER.encode(), atomic=False)  # type: ignore[arg-type]
+    try:
+        await store.revoke_key(record.id)
+    except StoreUnavailable:
+        if fail_at == 1:
+            # Nothing was written: the revoke failed as a whole, visibly, and
+            # the key is still whole (usable and indexed) for a retry.
+            assert await usable(healthy, plaintext)
+            await healthy.revoke_key(record.id)
+    assert not await usable(healthy, plaintext)
+    assert await healthy.list_keys("erin") == []
+
+
+async def test_a_failed_transaction_on_a_single_redis_writes_nothing(
+    store: KeyStore,
+    alice: str,
+    redis_client: Any,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_pipeline = redis_client.pipeline
+
+    class Exploding:
+        def __init__(self, pipe: Any) -> None:
+            self._pipe = pipe
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pipe, name)
+
+        async def __aenter__(self) -> Exploding:
+            await self._pipe.__aenter__()
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            await self._pipe.__aexit__(*exc)
+
+        async def execute(self) -> None:
+            await self._pipe.reset()
+            raise RedisConnectionError("connection lost before EXEC")
+
+    monkeypatch.setattr(
+        redis_client,
+        "pipeline",
+        lambda transaction=True: Exploding(real_pipeline(transaction)),
+    )
+    before = sorted([n async for n in redis_client.scan_iter(match=f"{namespace}:*")])
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        await store.create_key(alice, name="k", expires_at=in_days(2))
+    after = sorted([n async for n in redis_client.scan_iter(match=f"{namespace}:*")])
+    assert before == after
+
+
+async def test_last_used_times_are_recorded_and_listed(
+    store: KeyStore, alice: str
+) -> None:
+    record, _ = await store.create_key(alice, name="k", expires_at=in_days(2))
+    await store.mark_used({record.id: 1_900_000_000.0})
+    assert (await store.require_key(record.id)).last_used_at == 1_900_000_000.0
+    assert (await store.list_keys(alice))[0].last_used_at == 1_900_000_000.0
+
+
+async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1", decode_responses=True)
+    store = KeyStore(client, "x", PEPPER.encode())
+    with pytest.raises(StoreUnavailable, match="cannot be reached"):
+        await store.get_user("alice")
+    await client.aclose()
+
+
+async def test_the_store_repr_hides_the_pepper(store: KeyStore) -> None:
+    assert PEPPER not in repr(store)
