@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from gateway import keys
 from gateway.cli import main
-from tests.conftest import PEPPER, REAL_REDIS_URL
+from tests.conftest import PEPPER, REAL_REDIS_URL, free_port, require_binary
 
 
 @pytest.fixture(params=["memory", pytest.param("real", marks=pytest.mark.redis)])
@@ -224,3 +226,41 @@ def test_the_module_runs_as_python_dash_m(namespace: str) -> None:
     assert result.returncode == 0
     for command in ("serve", "demo", "users", "keys", "check"):
         assert command in result.stdout
+
+
+@pytest.mark.redis
+def test_check_finds_the_shipped_redis_conf_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = require_binary("redis-server")
+    conf = Path(__file__).resolve().parents[2] / "config" / "redis.conf"
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            server,
+            str(conf),
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path),
+            "--bind",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", PEPPER)
+        monkeypatch.setenv("RPA_GATEWAY_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        deadline = time.monotonic() + 10
+        while True:
+            status, out, err = run(capsys, "check")
+            if status == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert status == 0, err
+        assert "Redis persistence: AOF (appendfsync everysec)." in out
+        assert "WARNING" not in err
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
