@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
+from admin.audit import AuditLog, Event
+from gateway import keys
 from gateway.problems import GatewayError, InvalidInput, StoreUnavailable
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store import (
@@ -77,9 +81,30 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 Handler = Callable[[KeyStore, argparse.Namespace], Awaitable[None]]
 
 
+async def audit(args: argparse.Namespace, action: str, **details: Any) -> None:
+    """Operator actions land in the same audit trail as the admin API's."""
+    log: AuditLog = args.audit_log
+    await log.record(
+        Event(
+            action=action,
+            actor="cli",
+            request_id=f"cli-{keys.new_key_id()}",
+            client=f"cli:{getpass.getuser()}@{socket.gethostname()}",
+            status=200,
+            **details,
+        )
+    )
+
+
 async def users_add(store: KeyStore, args: argparse.Namespace) -> None:
     privileges = PRIVILEGES if args.all_privileges else args.privilege or ()
     user = await store.add_user(args.user_id, args.name, privileges)
+    await audit(
+        args,
+        "user.add",
+        user_id=user.id,
+        changes={"name": user.name, "privileges": sorted(user.privileges)},
+    )
     granted = ", ".join(sorted(user.privileges)) or "none"
     print(f"Added user '{user.id}' with privileges: {granted}.")
 
@@ -101,16 +126,19 @@ async def users_list(store: KeyStore, args: argparse.Namespace) -> None:
 
 async def users_disable(store: KeyStore, args: argparse.Namespace) -> None:
     await store.update_user(args.user_id, disabled=True)
+    await audit(args, "user.edit", user_id=args.user_id, changes={"disabled": True})
     print(f"Disabled user '{args.user_id}'; their keys stop working now.")
 
 
 async def users_enable(store: KeyStore, args: argparse.Namespace) -> None:
     await store.update_user(args.user_id, disabled=False)
+    await audit(args, "user.edit", user_id=args.user_id, changes={"disabled": False})
     print(f"Enabled user '{args.user_id}'.")
 
 
 async def users_remove(store: KeyStore, args: argparse.Namespace) -> None:
     revoked = await store.remove_user(args.user_id)
+    await audit(args, "user.remove", user_id=args.user_id, changes={"revoked": revoked})
     print(f"Removed user '{args.user_id}' and revoked {revoked} key(s).")
 
 
@@ -121,6 +149,13 @@ async def keys_create(store: KeyStore, args: argparse.Namespace) -> None:
         description=args.description or "",
         expires_at=args.expires,
         created_by="cli",
+    )
+    await audit(
+        args,
+        "key.create",
+        key_id=record.id,
+        user_id=record.user_id,
+        changes={"name": record.name, "expires_at": iso(record.expires_at)},
     )
     if args.json:
         body = {
@@ -169,12 +204,25 @@ async def keys_edit(store: KeyStore, args: argparse.Namespace) -> None:
         description=args.description,
         expires_at=args.expires,
     )
+    changes = {
+        name: value
+        for name, value in (
+            ("name", args.name),
+            ("description", args.description),
+            ("expires_at", iso(record.expires_at) if args.expires else None),
+        )
+        if value is not None
+    }
+    await audit(
+        args, "key.edit", key_id=record.id, user_id=record.user_id, changes=changes
+    )
     expires = iso(record.expires_at)
     print(f"Updated key '{record.id}': expires {expires}, {record.status()}.")
 
 
 async def keys_revoke(store: KeyStore, args: argparse.Namespace) -> None:
     record = await store.revoke_key(args.key_id)
+    await audit(args, "key.delete", key_id=record.id, user_id=record.user_id)
     print(f"Revoked key '{record.id}' of user '{record.user_id}'.")
 
 
@@ -204,6 +252,7 @@ async def _run_on_store(
     settings: Settings, handler: Handler, args: argparse.Namespace
 ) -> None:
     store = store_from_settings(settings)
+    args.audit_log = AuditLog(store.redis, settings.namespace, settings.audit_max_len)
     try:
         await handler(store, args)
     finally:

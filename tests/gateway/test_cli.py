@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 
 from gateway import keys
 from gateway.cli import main
+from gateway.settings import load_settings
+from gateway.store import store_from_settings
 from tests.conftest import PEPPER, REAL_REDIS_URL, free_port, require_binary
 
 
@@ -264,3 +267,35 @@ def test_check_finds_the_shipped_redis_conf_durable(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_operator_actions_are_audited_without_the_key(
+    cli_env: str, capsys: pytest.CaptureFixture[str], namespace: str
+) -> None:
+    run(capsys, "users", "add", "erin", "--all-privileges")
+    plaintext = run(
+        capsys, "keys", "create", "--user", "erin", "--expires", tomorrow()
+    )[1]
+    key_id = json.loads(run(capsys, "keys", "list", "--json")[1])[0]["id"]
+    run(capsys, "keys", "edit", key_id, "--name", "renamed")
+    run(capsys, "keys", "revoke", key_id)
+    run(capsys, "users", "disable", "erin")
+
+    async def read() -> list[dict[str, str]]:
+        store = store_from_settings(load_settings())
+        rows = await store.redis.xrange(f"{namespace}:audit")
+        await store.redis.aclose()
+        return [data for _, data in rows]
+
+    entries = asyncio.run(read())
+    assert [e["action"] for e in entries] == [
+        "user.add",
+        "key.create",
+        "key.edit",
+        "key.delete",
+        "user.edit",
+    ]
+    assert {e["actor"] for e in entries} == {"cli"}
+    assert entries[2]["key_id"] == key_id
+    assert json.loads(entries[2]["changes"]) == {"name": "renamed"}
+    assert plaintext.strip() not in repr(entries)
