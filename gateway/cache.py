@@ -82,6 +82,20 @@ class KeyCache:
         for key_hash in self._by_user.pop(user_id, ()):
             self._entries.pop(key_hash, None)
 
+    def expire_all(self) -> None:
+        """Make every entry due for a new lookup, keeping it for stale use.
+
+        For a lost subscription: a revocation may be missed from now on, so
+        nothing is fresh any more; but if Redis itself is down, the entries
+        still serve stale-if-error up to their stale bound.
+        """
+        self.generation += 1
+        for key_hash, entry in list(self._entries.items()):
+            if entry.identity is None:
+                self._remove(key_hash)
+            else:
+                self._entries[key_hash] = Entry(entry.identity, 0.0, entry.stale_until)
+
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()

@@ -80,7 +80,9 @@ class InvalidationSubscriber:
                     )
                 lost = True
                 self.subscribed.clear()
-                self.cache.clear()
+                # Not clear(): that would also throw away what stale-if-error
+                # serves while Redis is down. The reconnect clears.
+                self.cache.expire_all()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -30,6 +30,8 @@ from datetime import time as dtime
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -602,7 +604,11 @@ def open_redis(url: str) -> Redis:
         socket_connect_timeout=2.0,
         socket_timeout=2.0,
         health_check_interval=15,
-        retry_on_timeout=False,
+        # One immediate retry on a broken connection: after a Redis restart
+        # or failover every pooled connection is dead, and without it each
+        # one would fail a request with 503 before being replaced.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
     )
 
 

@@ -8,7 +8,9 @@ tier that did not run.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -129,3 +131,62 @@ def output_dir(request: pytest.FixtureRequest) -> Iterator[Any]:
     path = root / request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
     path.mkdir(parents=True, exist_ok=True)
     yield path
+
+
+# Session-wide: no key, pepper or secret in any log line -----------------------
+
+_KEY_LIKE = re.compile(r"rpa_[0-9A-Za-z]{46}")
+_URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+_SESSION_LOG_LINES: list[tuple[str, str]] = []
+SESSION_SECRETS: set[str] = {PEPPER}
+
+
+class _EveryLogLine(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:
+            text = str(record.msg)
+        if record.exc_info and record.exc_info[1] is not None:
+            text += " " + repr(record.exc_info[1])
+        _SESSION_LOG_LINES.append((record.name, text))
+
+
+def record_process_output(source: str, text: str) -> None:
+    """Add a subprocess's log output to the session-wide secret check."""
+    _SESSION_LOG_LINES.extend((source, line) for line in text.splitlines())
+
+
+def secret_leaks(lines: list[tuple[str, str]]) -> list[str]:
+    """Where a secret shows, described without repeating the secret."""
+    from gateway.keys import is_well_formed
+
+    leaks = []
+    for source, line in lines:
+        if any(is_well_formed(m.group()) for m in _KEY_LIKE.finditer(line)):
+            leaks.append(f"{source}: an API key in {line[:40]!r}...")
+        if any(secret in line for secret in SESSION_SECRETS):
+            leaks.append(f"{source}: a configured secret in a log line.")
+        if _URL_PASSWORD.search(line):
+            leaks.append(f"{source}: a URL with a password in a log line.")
+    return leaks
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secret_in_any_log_line() -> Iterator[None]:
+    """Every log line of the run, in-process and from subprocesses, is checked."""
+    handler = _EveryLogLine(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    # Our own loggers at DEBUG, so that every line they could write is seen.
+    levels = {}
+    for name in ("gateway", "admin", "uvicorn"):
+        logger = logging.getLogger(name)
+        levels[name] = logger.level
+        logger.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    leaks = secret_leaks(_SESSION_LOG_LINES)
+    assert not leaks, "Secrets reached the logs:\n" + "\n".join(leaks[:20])

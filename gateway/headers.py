@@ -1,0 +1,193 @@
+"""Header rewriting at the edge: hop-by-hop, spoofing, forwarding, request id.
+
+Header names arrive from the ASGI server lower-cased; they are lower-cased
+again here anyway, because a missed spoofed identity header is a security
+hole and ``bytes.lower`` costs tens of nanoseconds. Every set is built once,
+as bytes, when the rewriter is made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+
+from gateway.settings import Settings
+
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+# RFC 9110 section 7.6.1 names these; Proxy-Connection is its common
+# pre-standard alias, and the proxy authentication pair only ever concerns
+# the next hop (RFC 9110 sections 11.7.1 and 11.7.2).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
+)
+REQUEST_ID = b"x-request-id"
+CORRELATION_ID = b"x-correlation-id"
+_REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+# The request's own headers that the proxy replaces: Host comes from the
+# upstream URL (the original goes in X-Forwarded-Host); Expect was already
+# answered by the ASGI server when the body was read.
+_REPLACED = frozenset({b"host", b"expect", REQUEST_ID})
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID_PATTERN.match(value) is not None
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """A well-formed incoming X-Request-ID, else X-Correlation-ID, else new."""
+    correlation = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == REQUEST_ID and valid_request_id(value):
+            return value.decode("ascii")
+        if (
+            lowered == CORRELATION_ID
+            and correlation is None
+            and valid_request_id(value)
+        ):
+            correlation = value.decode("ascii")
+    return correlation or new_request_id()
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The header names listed in a Connection header (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def strip_response_headers(
+    raw: Iterable[tuple[bytes, bytes]], request_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers minus hop-by-hop, plus our request id."""
+    headers = [(name.lower(), value) for name, value in raw]
+    drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
+    for name, value in headers:
+        if name == b"connection":
+            drop = HOP_BY_HOP | connection_tokens(value)
+    kept = [
+        (name, value)
+        for name, value in headers
+        if name not in drop and name != REQUEST_ID
+    ]
+    kept.append((REQUEST_ID, request_id))
+    return kept
+
+
+class TrustedProxies:
+    """Whether a peer address may speak for the client (X-Forwarded-*)."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, host: str) -> bool:
+        if not self.networks:
+            return False
+        trusted = self._known.get(host)
+        if trusted is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(address in network for network in self.networks)
+            # Bounded: a client population larger than this only costs a
+            # recomputation, never memory.
+            if len(self._known) < 10_000:
+                self._known[host] = trusted
+        return trusted
+
+
+def spoofable_names(settings: Settings) -> frozenset[bytes]:
+    """Identity header names a client must never get past the gateway."""
+    return frozenset(
+        name.lower().replace("_", "-").encode("latin-1")
+        for name in (settings.user_id_header, settings.key_id_header)
+    )
+
+
+class RequestRewriter:
+    """Turns a client's headers into the headers sent upstream."""
+
+    def __init__(self, settings: Settings, credential_headers: Iterable[bytes]):
+        self.spoofable = spoofable_names(settings)
+        self.drop = HOP_BY_HOP | _REPLACED | frozenset(credential_headers)
+        self.trusted = TrustedProxies(settings.trusted_proxies)
+        self.user_id_header = settings.user_id_header
+        self.key_id_header = settings.key_id_header
+
+    def upstream_headers(
+        self,
+        raw: RawHeaders,
+        scope_scheme: str,
+        client_host: str | None,
+        request_id: str,
+        user_id: str,
+        key_id: str,
+    ) -> list[tuple[str, str]]:
+        """Headers for the upstream request, as ``str`` pairs for aiohttp."""
+        drop = self.drop
+        spoofable = self.spoofable
+        from_proxy = client_host is not None and client_host in self.trusted
+        forwarded_for = forwarded_proto = forwarded_host = None
+        host = b""
+        out: list[tuple[str, str]] = []
+        for name, value in raw:
+            name = name.lower()
+            if name in drop:
+                if name == b"host":
+                    host = value
+                elif name == b"connection":
+                    drop = drop | connection_tokens(value)
+                continue
+            if name in spoofable:
+                continue
+            if b"_" in name and name.replace(b"_", b"-") in spoofable:
+                continue
+            if name in FORWARDED:
+                if not from_proxy:
+                    continue
+                if name == b"x-forwarded-for":
+                    forwarded_for = value
+                    continue
+                if name == b"x-forwarded-proto":
+                    forwarded_proto = value
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value
+            out.append((name.decode("latin-1"), value.decode("latin-1")))
+        # Names listed in Connection may come before the Connection header
+        # itself; a second pass only happens when Connection lists any.
+        if drop is not self.drop:
+            out = [pair for pair in out if pair[0].encode("latin-1") not in drop]
+        client = client_host or ""
+        if forwarded_for:
+            client = f"{forwarded_for.decode('latin-1')}, {client}"
+        out.append(("x-forwarded-for", client))
+        if forwarded_proto is None:
+            out.append(("x-forwarded-proto", scope_scheme))
+        if forwarded_host is None and host:
+            out.append(("x-forwarded-host", host.decode("latin-1")))
+        out.append(("x-request-id", request_id))
+        out.append((self.user_id_header, user_id))
+        out.append((self.key_id_header, key_id))
+        return out

@@ -1,0 +1,275 @@
+"""The ASGI proxy: verify the key, rewrite the headers, stream both ways.
+
+Plain ASGI on purpose: no request object, no buffering middleware. Each
+body travels one chunk at a time, so memory stays flat whatever the size.
+Once the response has started, an upstream failure can only abort the
+client connection, which is what raising does under an ASGI server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from time import perf_counter
+from typing import Any
+
+import aiohttp
+
+from gateway.headers import RequestRewriter, request_id_from, strip_response_headers
+from gateway.observability import Metrics, log_access
+from gateway.problems import GatewayError, problem_body
+from gateway.settings import Settings
+from gateway.upstream import Upstream, translate_errors
+from gateway.verifier import Verifier
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+_PROBLEM_TYPE = (b"content-type", b"application/problem+json")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+async def send_problem(
+    send: Send, exc: GatewayError, request_id: str, realm: str
+) -> None:
+    """Answer with ``exc`` as problem+json, its headers and the request id."""
+    body = problem_body(
+        exc.status, exc.title, exc.detail, exc.slug, request_id, **exc.extra
+    )
+    headers = [
+        _PROBLEM_TYPE,
+        _NO_STORE,
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    for name, value in exc.headers(realm).items():
+        headers.append((name.lower().encode(), value.encode("latin-1")))
+    await send(
+        {"type": "http.response.start", "status": exc.status, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def client_host(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was being read."""
+
+
+class RequestBody:
+    """The client's request body as an async iterator of chunks."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.finished = False
+        self.disconnected = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while not self.finished:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                raise ClientDisconnected("The client disconnected during the upload.")
+            self.finished = not message.get("more_body", False)
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+
+
+def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """RFC 9112 section 6.3: a request has a body only if it says so."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+class Proxy:
+    """Verifies each request and forwards it to the upstream."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: Verifier,
+        upstream: Upstream,
+        metrics: Metrics,
+    ) -> None:
+        self.verifier = verifier
+        self.upstream = upstream
+        self.metrics = metrics
+        self.realm = settings.realm
+        self.rewriter = RequestRewriter(settings, verifier.credential_headers())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        request_id = request_id_from(headers)
+        client = client_host(scope)
+        exchange = _Exchange(request_id)
+        try:
+            await self._forward(scope, receive, send, request_id, client, exchange)
+        except GatewayError as exc:
+            exchange.status, exchange.outcome = exc.status, exc.slug
+            if exchange.started:
+                raise
+            await send_problem(send, exc, request_id, self.realm)
+        except ClientDisconnected:
+            # nginx's convention for a client that left before the answer.
+            exchange.status, exchange.outcome = 499, "client-disconnected"
+        finally:
+            self.metrics.outcome(exchange.outcome)
+            identity = exchange.identity
+            log_access(
+                request_id=request_id,
+                method=scope["method"],
+                path=scope["path"],
+                status=exchange.status,
+                duration=perf_counter() - started,
+                upstream_duration=exchange.upstream_duration,
+                outcome=exchange.outcome,
+                user_id=identity.user_id if identity else None,
+                key_id=identity.key_id if identity else None,
+                client=client,
+            )
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        client: str | None,
+        exchange: _Exchange,
+    ) -> None:
+        headers = scope["headers"]
+        verifier = self.verifier
+        auth_started = perf_counter()
+        try:
+            identity = await verifier.verify(
+                verifier.extract(headers, scope["query_string"])
+            )
+        finally:
+            self.metrics.auth_seconds.observe(perf_counter() - auth_started)
+        exchange.identity = identity
+        forward = self.rewriter.upstream_headers(
+            headers,
+            scope["scheme"],
+            client,
+            request_id,
+            identity.user_id,
+            identity.key_id,
+        )
+        body = RequestBody(receive) if has_body(headers) else None
+        path = scope.get("raw_path") or scope["path"].encode()
+        target = path.decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+
+        upstream_started = perf_counter()
+        try:
+            response = await self.upstream.request(
+                scope["method"], target, forward, body
+            )
+        except GatewayError:
+            if body is not None and body.disconnected:
+                raise ClientDisconnected from None
+            raise
+        exchange.upstream_duration = perf_counter() - upstream_started
+        self.metrics.upstream_seconds.observe(exchange.upstream_duration)
+        exchange.status, exchange.outcome = response.status, "proxied"
+        try:
+            await self._relay(scope, receive, send, response, body, exchange)
+        except BaseException:
+            # Unread body: the connection cannot go back to the pool.
+            response.close()
+            raise
+        response.release()
+
+    async def _relay(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        response: aiohttp.ClientResponse,
+        body: RequestBody | None,
+        exchange: _Exchange,
+    ) -> None:
+        headers = strip_response_headers(
+            response.raw_headers, exchange.request_id.encode()
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": headers,
+            }
+        )
+        exchange.started = True
+        if scope["method"] == "HEAD" or response.status in _NO_BODY_STATUSES:
+            await send({"type": "http.response.body", "body": b""})
+            return
+        # One chunk is held back so that the last one carries more_body=False:
+        # a small response then costs a single send.
+        pending: bytes | None = None
+        watcher: asyncio.Future[Message] | None = None
+        try:
+            with translate_errors(self.upstream.base_url):
+                async for chunk in response.content.iter_any():
+                    if pending is not None:
+                        if watcher is None and (body is None or body.finished):
+                            watcher = asyncio.ensure_future(receive())
+                        if watcher is not None and _disconnected(watcher):
+                            # The client left: stop pulling from the upstream.
+                            raise ClientDisconnected
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": pending,
+                                "more_body": True,
+                            }
+                        )
+                    pending = chunk
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        await send({"type": "http.response.body", "body": pending or b""})
+
+
+def _disconnected(watcher: asyncio.Future[Message]) -> bool:
+    return (
+        watcher.done()
+        and not watcher.cancelled()
+        and watcher.result()["type"] == "http.disconnect"
+    )
+
+
+class _Exchange:
+    """What the access log and the metrics need to know about one request."""
+
+    __slots__ = (
+        "identity",
+        "outcome",
+        "request_id",
+        "started",
+        "status",
+        "upstream_duration",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.identity: Any = None
+        self.status = 500
+        self.outcome = "internal"
+        self.started = False
+        self.upstream_duration: float | None = None

@@ -1,0 +1,90 @@
+"""The access log and the metrics; and the checker that keeps logs clean."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import orjson
+import pytest
+
+from gateway import keys
+from gateway.server import Context
+from tests.conftest import PEPPER, secret_leaks
+from tests.gateway.conftest import KeyMaker, bearer
+
+FIELDS = {
+    "time",
+    "request_id",
+    "method",
+    "path",
+    "status",
+    "duration_ms",
+    "upstream_ms",
+    "outcome",
+    "user_id",
+    "key_id",
+    "client",
+}
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [
+        orjson.loads(record.getMessage())
+        for record in caplog.records
+        if record.name == "gateway.access"
+    ]
+
+
+async def test_each_request_writes_one_json_access_line_without_the_key(
+    client: httpx.AsyncClient, make_key: KeyMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    record, key = await make_key("alice")
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    await client.get(f"/rpa/x?api_key={key}", headers=bearer(key))
+    await client.get("/rpa/y", headers={"X-Request-ID": "mine-1"})
+    proxied, refused = access_lines(caplog)
+    assert set(proxied) == FIELDS
+    assert proxied["outcome"] == "proxied"
+    assert proxied["path"] == "/rpa/x"
+    assert proxied["user_id"] == "alice" and proxied["key_id"] == record.id
+    assert isinstance(proxied["upstream_ms"], float)
+    assert proxied["client"] == "127.0.0.1"
+    assert refused["status"] == 401 and refused["request_id"] == "mine-1"
+    assert refused["user_id"] is None and refused["upstream_ms"] is None
+    assert all(key not in r.getMessage() for r in caplog.records)
+
+
+async def test_metrics_count_outcomes_cache_use_and_latency(
+    client: httpx.AsyncClient, context: Context, make_key: KeyMaker
+) -> None:
+    _, key = await make_key()
+    for _ in range(3):
+        await client.get("/x", headers=bearer(key))
+    await client.get("/x")
+    await client.get("/_gateway/auth", headers=bearer(key))
+    context.sync_metrics()
+    text = context.metrics.render()[0].decode()
+    assert 'rpa_gateway_requests_total{outcome="proxied"} 3.0' in text
+    assert 'rpa_gateway_requests_total{outcome="unauthorized"} 1.0' in text
+    assert 'rpa_gateway_requests_total{outcome="auth-allowed"} 1.0' in text
+    assert "rpa_gateway_cache_misses_total 1.0" in text
+    assert "rpa_gateway_cache_hits_total 3.0" in text
+    assert "rpa_gateway_upstream_seconds_count 3.0" in text
+    assert "rpa_gateway_auth_seconds_count 5.0" in text
+    assert "rpa_gateway_redis_errors_total 0.0" in text
+
+
+def test_the_log_checker_finds_keys_peppers_and_url_passwords() -> None:
+    """The session-wide check would be worthless if it could not see a leak."""
+    key = keys.generate_key()
+    lines = [
+        ("a", f"verified {key}"),
+        ("b", f"pepper is {PEPPER}"),
+        ("c", "connecting to redis://user:hunter2@redis:6379/0"),
+        ("d", "rpa_ followed by nothing secret"),
+        ("e", "a mistyped " + key[:-1] + ("0" if key[-1] != "0" else "1")),
+    ]
+    leaks = secret_leaks(lines)
+    assert [leak.split(":")[0] for leak in leaks] == ["a", "b", "c"]
+    assert all(key not in leak and PEPPER not in leak for leak in leaks)

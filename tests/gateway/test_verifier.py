@@ -1,0 +1,379 @@
+"""The verifier: malformed keys, caching, races, and Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from gateway import keys
+from gateway.invalidation import InvalidationSubscriber
+from gateway.problems import AuthError, StoreUnavailable
+from gateway.server import Context, build_gateway_app
+from gateway.settings import Settings
+from gateway.store import PRIVILEGES, KeyStore
+from gateway.verifier import EXPIRED, INVALID, MALFORMED, MISSING, Verifier
+from tests.gateway.conftest import (
+    GATEWAY,
+    CommandCounter,
+    KeyMaker,
+    PrivateRedis,
+    Upstream,
+    bearer,
+)
+
+
+@pytest.fixture
+def verifier(settings: Settings, store: KeyStore) -> Verifier:
+    return Verifier.from_settings(settings, store)
+
+
+@pytest.fixture
+async def subscribed(
+    verifier: Verifier, store: KeyStore
+) -> AsyncIterator[InvalidationSubscriber]:
+    subscriber = InvalidationSubscriber(store.redis, store.channel, verifier.cache)
+    subscriber.start()
+    await asyncio.wait_for(subscriber.subscribed.wait(), 5)
+    yield subscriber
+    await subscriber.stop()
+
+
+def unknown_key() -> str:
+    return keys.generate_key()
+
+
+def mistyped(key: str) -> str:
+    flipped = "A" if key[10] != "A" else "B"
+    return key[:10] + flipped + key[11:]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("rpa_short", id="short"),
+        pytest.param("xyz_" + "a" * 46, id="wrong-prefix"),
+        pytest.param("rpa_" + "!" * 46, id="bad-alphabet"),
+        pytest.param(None, id="missing"),
+    ],
+)
+async def test_a_malformed_or_missing_key_is_refused_without_any_redis_command(
+    verifier: Verifier, store: KeyStore, monkeypatch: pytest.MonkeyPatch, value: Any
+) -> None:
+    counter = CommandCounter(store.redis, monkeypatch)
+    with pytest.raises(AuthError) as refused:
+        await verifier.verify(value)
+    assert refused.value in (MALFORMED, MISSING)
+    assert counter.count == 0
+
+
+async def test_a_key_with_a_wrong_checksum_costs_no_redis_command(
+    client: httpx.AsyncClient,
+    store: KeyStore,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: Upstream,
+) -> None:
+    _, key = await make_key()
+    counter = CommandCounter(store.redis, monkeypatch)
+    response = await client.get("/x", headers=bearer(mistyped(key)))
+    assert response.status_code == 401
+    assert "malformed" in response.json()["detail"]
+    assert counter.count == 0
+    assert upstream.seen == []
+
+
+async def test_a_good_key_costs_one_lookup_then_none_while_cached(
+    verifier: Verifier,
+    store: KeyStore,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    record, key = await make_key()
+    counter = CommandCounter(store.redis, monkeypatch)
+    identity = await verifier.verify(key)
+    assert (identity.user_id, identity.key_id) == ("alice", record.id)
+    first = counter.count
+    assert first <= 2  # the key record, then its user
+    for _ in range(50):
+        await verifier.verify(key)
+    assert counter.count == first
+    assert verifier.hits == 50
+
+
+async def test_an_unknown_key_is_cached_negatively(
+    verifier: Verifier, store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CommandCounter(store.redis, monkeypatch)
+    key = unknown_key()
+    for _ in range(10):
+        with pytest.raises(AuthError) as refused:
+            await verifier.verify(key)
+        assert refused.value is INVALID
+    assert counter.count == 1
+
+
+async def test_a_flood_of_one_bad_key_costs_a_single_redis_call(
+    verifier: Verifier, store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = CommandCounter(store.redis, monkeypatch)
+    key = unknown_key()
+    results = await asyncio.gather(
+        *(verifier.verify(key) for _ in range(500)), return_exceptions=True
+    )
+    assert all(result is INVALID for result in results)
+    assert counter.count == 1
+
+
+async def test_a_new_key_works_at_once_although_it_was_unknown_a_moment_ago(
+    verifier: Verifier,
+    store: KeyStore,
+    subscribed: InvalidationSubscriber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Creation publishes an invalidation, which drops the negative entry."""
+    await store.add_user("dora", privileges=PRIVILEGES)
+    planted = keys.generate_key()
+    monkeypatch.setattr(keys, "generate_key", lambda: planted)
+    with pytest.raises(AuthError):
+        await verifier.verify(planted)
+    await store.create_key("dora", name="n", expires_at=4102444800.0)
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await verifier.verify(planted)
+                break
+            except AuthError:
+                await asyncio.sleep(0.002)
+
+
+async def test_revoking_while_many_lookups_are_in_flight_never_reinserts_the_key(
+    verifier: Verifier,
+    store: KeyStore,
+    subscribed: InvalidationSubscriber,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lookups that read the record before the revocation finish after it."""
+    record, key = await make_key()
+    key_hash = store.hash_key(key)
+    read_done = asyncio.Event()
+    release = asyncio.Event()
+    original_lookup = store.lookup
+
+    async def slow_lookup(wanted: str) -> Any:
+        found = await original_lookup(wanted)
+        read_done.set()
+        await release.wait()
+        return found
+
+    monkeypatch.setattr(store, "lookup", slow_lookup)
+    evicted = asyncio.Event()
+    original_handle = subscribed.handle
+
+    def handle(data: str) -> None:
+        original_handle(data)
+        if data == f"k:{key_hash}":
+            evicted.set()
+
+    monkeypatch.setattr(subscribed, "handle", handle)
+
+    in_flight = [asyncio.create_task(verifier.verify(key)) for _ in range(200)]
+    await asyncio.wait_for(read_done.wait(), 5)
+    await store.revoke_key(record.id)
+    await asyncio.wait_for(evicted.wait(), 5)
+    release.set()
+    results = await asyncio.gather(*in_flight, return_exceptions=True)
+
+    # They began before the revocation, so either answer is linearizable;
+    # what must never happen is the stale answer landing in the cache.
+    assert all(not isinstance(r, BaseException) or r is INVALID for r in results)
+    assert verifier.cache.get(key_hash) is None
+    monkeypatch.setattr(store, "lookup", original_lookup)
+    with pytest.raises(AuthError) as refused:
+        await verifier.verify(key)
+    assert refused.value is INVALID
+
+
+async def test_revoked_keys_stay_refused_under_repeated_races(
+    verifier: Verifier,
+    store: KeyStore,
+    subscribed: InvalidationSubscriber,
+    make_key: KeyMaker,
+) -> None:
+    """Lookups and revocations interleave freely; a revoked key never returns."""
+    for _ in range(10):
+        record, key = await make_key()
+        lookups = [asyncio.create_task(verifier.verify(key)) for _ in range(20)]
+        await store.revoke_key(record.id)
+        await asyncio.gather(*lookups, return_exceptions=True)
+        async with asyncio.timeout(5):
+            while verifier.cache.get(store.hash_key(key)) is not None and (
+                verifier.cache.get(store.hash_key(key)).identity is not None  # type: ignore[union-attr]
+            ):
+                await asyncio.sleep(0.002)
+        with pytest.raises(AuthError):
+            await verifier.verify(key)
+
+
+async def test_an_expired_key_in_the_cache_is_refused_as_expired(
+    verifier: Verifier, make_key: KeyMaker
+) -> None:
+    _, key = await make_key(expires_in=-5)
+    with pytest.raises(AuthError) as refused:
+        await verifier.verify(key)
+    assert refused.value is EXPIRED
+
+
+async def test_last_used_times_are_collected_and_flushed_to_the_store(
+    context: Context, make_key: KeyMaker
+) -> None:
+    record, key = await make_key()
+    await context.verifier.verify(key)
+    await context.flush_used()
+    stored = await context.store.get_key(record.id)
+    assert stored is not None and stored.last_used_at is not None
+    assert context.verifier.take_used() == {}
+
+
+# Redis outages -------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def outage_gateway(
+    private_redis: PrivateRedis,
+    settings: Settings,
+    upstream: Upstream,
+    **overrides: Any,
+) -> AsyncIterator[tuple[Context, httpx.AsyncClient]]:
+    """A started gateway context on the private Redis, and a client for it."""
+    configured = settings.model_copy(
+        update={
+            "redis_url": SecretStr(private_redis.url),
+            "upstream_url": upstream.url,
+            **overrides,
+        }
+    )
+    context = Context.create(configured)
+    await context.start()
+    try:
+        await asyncio.wait_for(context.subscriber.subscribed.wait(), 5)
+        transport = httpx.ASGITransport(app=build_gateway_app(context))
+        async with httpx.AsyncClient(transport=transport, base_url=GATEWAY) as client:
+            yield context, client
+    finally:
+        await context.aclose()
+
+
+@pytest.mark.redis
+async def test_when_redis_is_down_known_keys_work_and_unknown_keys_get_503(
+    private_redis: PrivateRedis, settings: Settings, upstream: Upstream
+) -> None:
+    async with outage_gateway(
+        private_redis, settings, upstream, cache_ttl_seconds=0.0
+    ) as (context, client):
+        store = context.store
+        await store.add_user("erin", privileges=PRIVILEGES)
+        _, key = await store.create_key("erin", name="n", expires_at=4102444800.0)
+        assert (await client.get("/x", headers=bearer(key))).status_code == 200
+
+        await private_redis.stop()
+        served = await client.get("/x", headers=bearer(key))
+        assert served.status_code == 200
+        assert context.verifier.stale_served >= 1
+
+        unknown = await client.get("/x", headers=bearer(unknown_key()))
+        assert unknown.status_code == 503
+        assert int(unknown.headers["retry-after"]) > 0
+        assert unknown.json()["request_id"] == unknown.headers["x-request-id"]
+        assert "www-authenticate" not in unknown.headers
+
+        ready = await client.get("/_gateway/ready")
+        assert ready.status_code == 503
+
+
+@pytest.mark.redis
+async def test_stale_serving_ends_at_the_stale_bound(
+    private_redis: PrivateRedis, settings: Settings, upstream: Upstream
+) -> None:
+    async with outage_gateway(
+        private_redis,
+        settings,
+        upstream,
+        cache_ttl_seconds=0.0,
+        stale_if_error_seconds=0.0,
+    ) as (context, client):
+        await context.store.add_user("fay", privileges=PRIVILEGES)
+        _, key = await context.store.create_key(
+            "fay", name="n", expires_at=4102444800.0
+        )
+        assert (await client.get("/x", headers=bearer(key))).status_code == 200
+        await private_redis.stop()
+        assert (await client.get("/x", headers=bearer(key))).status_code == 503
+
+
+@pytest.mark.redis
+async def test_expiry_is_enforced_even_when_serving_from_the_stale_cache(
+    private_redis: PrivateRedis, settings: Settings, upstream: Upstream
+) -> None:
+    async with outage_gateway(
+        private_redis, settings, upstream, cache_ttl_seconds=0.0
+    ) as (context, client):
+        store = context.store
+        await store.add_user("gus", privileges=PRIVILEGES)
+        record, key = await store.create_key("gus", name="n", expires_at=4102444800.0)
+        assert (await client.get("/x", headers=bearer(key))).status_code == 200
+        # Make the cached identity expire without waiting for the clock.
+        key_hash = store.hash_key(key)
+        entry = context.verifier.cache.get(key_hash)
+        assert entry is not None and entry.identity is not None
+        expired = type(entry.identity)(record.id, "gus", 1.0)
+        context.verifier.cache.put(key_hash, expired, context.verifier.cache.generation)
+        await private_redis.stop()
+        refused = await client.get("/x", headers=bearer(key))
+        assert refused.status_code == 401
+        assert "expired" in refused.json()["detail"]
+
+
+@pytest.mark.redis
+async def test_the_gateway_recovers_by_itself_when_redis_returns(
+    private_redis: PrivateRedis, settings: Settings, upstream: Upstream
+) -> None:
+    async with outage_gateway(private_redis, settings, upstream) as (context, client):
+        store = context.store
+        await store.add_user("hal", privileges=PRIVILEGES)
+        _, key = await store.create_key("hal", name="n", expires_at=4102444800.0)
+        assert (await client.get("/x", headers=bearer(key))).status_code == 200
+        assert len(context.verifier.cache) == 1
+
+        await private_redis.stop(save=True)
+        other = unknown_key()
+        assert (await client.get("/x", headers=bearer(other))).status_code == 503
+        async with asyncio.timeout(5):
+            while context.subscriber.subscribed.is_set():
+                await asyncio.sleep(0.01)
+
+        await private_redis.start()
+        await asyncio.wait_for(context.subscriber.subscribed.wait(), 10)
+        # Whatever was published meanwhile is lost: the cache starts over.
+        assert len(context.verifier.cache) == 0
+        assert (await client.get("/x", headers=bearer(key))).status_code == 200
+        assert (await client.get("/x", headers=bearer(other))).status_code == 401
+        assert (await client.get("/_gateway/ready")).status_code == 200
+
+
+async def test_store_unavailable_is_never_reported_as_an_auth_failure(
+    verifier: Verifier, store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(key_hash: str) -> Any:
+        raise StoreUnavailable("The key store cannot be reached.")
+
+    monkeypatch.setattr(store, "lookup", broken)
+    with pytest.raises(StoreUnavailable):
+        await verifier.verify(unknown_key())
