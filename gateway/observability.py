@@ -131,7 +131,41 @@ def log_access(
     """Write the request's one access line, if the access log is on."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
-    line = orjson.dumps(
+    line = _access_line(
+        request_id,
+        method,
+        path,
+        status,
+        duration,
+        upstream_duration,
+        outcome,
+        user_id,
+        key_id,
+        client,
+    )
+    handlers = access_logger.handlers
+    if len(handlers) == 1 and handlers[0] is _direct:
+        # The configured batching handler alone: hand it the line without
+        # building a LogRecord, which cost about a quarter of the gateway's
+        # own CPU per request in a profile under wrk.
+        _direct.add(line)
+    else:
+        access_logger.info("%s", line)
+
+
+def _access_line(
+    request_id: str,
+    method: str,
+    path: str,
+    status: int,
+    duration: float,
+    upstream_duration: float | None,
+    outcome: str,
+    user_id: str | None,
+    key_id: str | None,
+    client: str | None,
+) -> str:
+    return orjson.dumps(
         {
             "time": datetime.now(UTC),
             "request_id": request_id,
@@ -149,8 +183,7 @@ def log_access(
             "key_id": key_id,
             "client": client,
         }
-    )
-    access_logger.info("%s", line.decode())
+    ).decode()
 
 
 class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -170,11 +203,14 @@ class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._pending.append(record.getMessage())
-            if len(self._pending) >= self.batch:
-                self._write()
+            self.add(record.getMessage())
         except Exception:
             self.handleError(record)
+
+    def add(self, line: str) -> None:
+        self._pending.append(line)
+        if len(self._pending) >= self.batch:
+            self._write()
 
     def flush(self) -> None:
         self.acquire()
@@ -190,6 +226,9 @@ class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream.flush()
 
 
+_direct: AccessLogHandler | None = None
+
+
 def flush_access_log() -> None:
     for handler in access_logger.handlers:
         handler.flush()
@@ -201,7 +240,9 @@ def configure_logging(
     """Access lines bare on ``stream``; everything else with time and level."""
     out = stream or sys.stdout
     err = stream or sys.stderr
-    access_logger.handlers[:] = [AccessLogHandler(out)]
+    global _direct
+    _direct = AccessLogHandler(out)
+    access_logger.handlers[:] = [_direct]
     access_logger.propagate = False
     access_logger.setLevel(logging.INFO if access_log else logging.WARNING)
 

@@ -183,6 +183,25 @@ def check_privileges(privileges: Iterable[str]) -> frozenset[str]:
     return chosen
 
 
+# The key record, then the record of the user it names: the verifier's read
+# in one round trip. (The user record's name is derived from the key record,
+# so this holds only on a single Redis, not across Cluster slots.)
+_LOOKUP = """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return {} end
+local user_id
+for i = 1, #record, 2 do
+  if record[i] == 'user_id' then user_id = record[i + 1] end
+end
+if not user_id then return {record, {}} end
+return {record, redis.call('HGETALL', ARGV[1] .. user_id)}
+"""
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _user_from(data: dict[str, str]) -> User:
     privileges = data.get("privileges", "")
     return User(
@@ -229,7 +248,8 @@ class KeyStore:
         # made with decode_responses=True returns str, never bytes.
         self.redis: Any = redis
         self.ns = namespace
-        self.pepper = pepper
+        self.hash_key = keys.KeyHasher(pepper)
+        self._lookup_script = redis.register_script(_LOOKUP)
         self.max_lifetime_days = max_lifetime_days
         self.retention_seconds = retention_days * 86400
         # False on Redis Cluster: the steps then run one by one, in order.
@@ -241,9 +261,6 @@ class KeyStore:
     @property
     def channel(self) -> str:
         return f"{self.ns}:invalidate"
-
-    def hash_key(self, key: str) -> str:
-        return keys.key_hash(self.pepper, key)
 
     # Redis key names -----------------------------------------------------
 
@@ -439,11 +456,29 @@ class KeyStore:
         return _key_from(key_hash, data, None)
 
     async def lookup(self, key_hash: str) -> tuple[KeyRecord, User | None] | None:
-        """The verifier's read: the key record, then its user."""
-        record = await self.get_key_by_hash(key_hash)
-        if record is None:
+        """The verifier's read: the key record and its user.
+
+        On a single Redis one script reads both, one round trip per cache
+        miss; on Cluster, where the two records live in different slots,
+        two reads in order.
+        """
+        if not self.atomic:
+            record = await self.get_key_by_hash(key_hash)
+            if record is None:
+                return None
+            return record, await self.get_user(record.user_id)
+        async with translate_redis_errors():
+            found = await self._lookup_script(
+                keys=[self._k(key_hash)], args=[f"{self.ns}:u:"]
+            )
+        if not found:
             return None
-        return record, await self.get_user(record.user_id)
+        data, user = _pairs(found[0]), _pairs(found[1])
+        if not data.get("id"):
+            return None
+        return _key_from(key_hash, data, None), (
+            _user_from(user) if user.get("id") else None
+        )
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         async with translate_redis_errors():

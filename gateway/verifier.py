@@ -51,7 +51,7 @@ class Verifier:
         self.misses = 0
         self.stale_served = 0
         self.redis_errors = 0
-        self._pepper = store.pepper
+        self._hash = store.hash_key
         self._inflight: dict[str, asyncio.Future[Identity | None]] = {}
         self._used: dict[str, float] = {}
 
@@ -103,7 +103,7 @@ class Verifier:
             raise MISSING
         if not keys.is_well_formed(key):
             raise MALFORMED
-        key_hash = keys.key_hash(self._pepper, key)
+        key_hash = self._hash(key)
         entry = self.cache.get(key_hash)
         now = time.monotonic()
         if entry is not None and now < entry.fresh_until:

@@ -84,3 +84,12 @@ def test_key_ids_sort_by_creation() -> None:
     second = keys.new_key_id()
     assert len(first) == 26
     assert first != second
+
+
+@pytest.mark.parametrize("length", [1, 32, 63, 64, 65, 200])
+def test_the_precomputed_hasher_is_exactly_hmac_sha256(length: int) -> None:
+    pepper = bytes(range(256))[:length] if length <= 256 else b""
+    key = keys.generate_key()
+    hasher = keys.KeyHasher(pepper)
+    assert hasher(key) == keys.key_hash(pepper, key)
+    assert repr(pepper) not in repr(hasher)
