@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from admin.app import create_app
 from gateway.forward_auth import ForwardAuth
 from gateway.headers import request_id_from
 from gateway.invalidation import InvalidationSubscriber
@@ -242,23 +243,8 @@ def build_admin_app(context: Context) -> Starlette:
         body, content_type = context.metrics.render()
         return Response(body, media_type=content_type)
 
-    routes: list[Route | Mount] = [Route("/metrics", metrics)]
-    admin = _admin_app(context)
-    if admin is not None:
-        routes.append(Mount("/", admin))
-    return Starlette(routes=routes)
-
-
-def _admin_app(context: Context) -> Any:
-    # The admin app is optional at this layer: without it the admin
-    # listener still serves /metrics.
-    try:
-        from admin.app import create_app  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("admin", "admin.app"):
-            raise
-        return None
-    return create_app(context.settings, context.store, context.verifier)
+    admin = create_app(context.settings, context.store, context.verifier)
+    return Starlette(routes=[Route("/metrics", metrics), Mount("/", admin)])
 
 
 # Running -------------------------------------------------------------------
