@@ -16,9 +16,13 @@ setup_python() {
     local stamp="$VENV/.installed" want
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        echo "Installing Python packages into $VENV ..." >&2
-        "$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
-        "$VENV/bin/python" -m pip install --quiet -e '.[test]' >&2
+        echo "Installing Python packages into $VENV (log: $VENV/install.log) ..." >&2
+        if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+               "$VENV/bin/python" -m pip install -e '.[test]'; } > "$VENV/install.log" 2>&1; then
+            tail -n 30 "$VENV/install.log" >&2
+            echo "Installing the Python packages failed; see $VENV/install.log." >&2
+            exit 1
+        fi
         echo "$want" > "$stamp"
     fi
 }
