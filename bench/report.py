@@ -1,0 +1,221 @@
+"""The results as JSON and as a Markdown table, with ratios and targets.
+
+Only ratios between configurations of the same run carry targets: absolute
+figures depend on the machine and its neighbours, ratios much less.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RATIO_CONNECTIONS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    at_least: bool
+    bound: float
+
+    def met(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        return value >= self.bound if self.at_least else value <= self.bound
+
+    @property
+    def text(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.bound:g}"
+
+
+TARGETS = (
+    Target("gateway / python_proxy", True, 0.90),
+    Target("gateway_forward_auth / nginx_trivial_auth", True, 0.90),
+    Target("gateway_miss / gateway", True, 0.60),
+    Target("gateway p99 / python_proxy p99", False, 1.5),
+    Target("revocation_ms.p99", False, 50),
+    Target("verify_per_second.hit", True, 100_000),
+)
+
+
+def _figure(
+    configurations: Mapping[str, Any], name: str, field: str, connections: int
+) -> float | None:
+    entry = configurations.get(name, {}).get("connections", {}).get(str(connections))
+    return None if entry is None else float(entry[field])
+
+
+def _divide(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def ratios(configurations: Mapping[str, Any], connections: int) -> dict[str, Any]:
+    """The four ratios with targets, at one connection count."""
+
+    def rps(name: str) -> float | None:
+        return _figure(configurations, name, "rps", connections)
+
+    def p99(name: str) -> float | None:
+        return _figure(configurations, name, "p99_ms", connections)
+
+    return {
+        "gateway / python_proxy": _divide(rps("gateway"), rps("python_proxy")),
+        "gateway_forward_auth / nginx_trivial_auth": _divide(
+            rps("gateway_forward_auth"), rps("nginx_trivial_auth")
+        ),
+        "gateway_miss / gateway": _divide(rps("gateway_miss"), rps("gateway")),
+        "gateway p99 / python_proxy p99": _divide(p99("gateway"), p99("python_proxy")),
+    }
+
+
+def _dig(result: Mapping[str, Any], dotted: str) -> float | None:
+    node: Any = result
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return None if node is None else float(node)
+
+
+def evaluate_targets(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Each target with its value and whether it is met (None: not measured)."""
+    evaluated = {}
+    for target in TARGETS:
+        if target.name in result.get("ratios", {}):
+            value = result["ratios"][target.name]
+        else:
+            value = _dig(result, target.name)
+        evaluated[target.name] = {
+            "value": value,
+            "target": target.text,
+            "met": target.met(value),
+        }
+    return evaluated
+
+
+def write(result: Mapping[str, Any], directory: Path, stem: str = "latest") -> None:
+    """Write ``stem``.json and ``stem``.md, each replaced in one step."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (
+        (".json", json.dumps(result, indent=2) + "\n"),
+        (".md", markdown(result)),
+    ):
+        final = directory / (stem + suffix)
+        temporary = final.with_suffix(suffix + ".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, final)
+
+
+# Markdown ----------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if not value else f"{value / 1048576:.1f}"
+
+
+def _verdict(met: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "not measured"}[met]
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    method = result["method"]
+    machine = result["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {result['created_at']} ({result['mode']} mode): "
+        f"{method['rounds']} alternating rounds of {method['duration_s']:g} s per "
+        f"configuration and connection count, after a {method['warmup_s']:g} s "
+        f"warm-up. {machine['cpus']} CPUs ({machine['cpu_model']}); "
+        f"{_pinning_text(method['pinning'])}",
+        "",
+        "## Targets",
+        "",
+        f"Ratios at {RATIO_CONNECTIONS} connections, medians of the rounds.",
+        "",
+        "| figure | value | target | verdict |",
+        "| --- | ---: | :---: | --- |",
+    ]
+    for name, entry in result["targets"].items():
+        value = entry["value"]
+        shown = _number(value, 0 if value is not None and value > 100 else 3)
+        lines.append(
+            f"| {name} | {shown} | {entry['target']} | {_verdict(entry['met'])} |"
+        )
+    lines += [
+        "",
+        "## Configurations",
+        "",
+        "| configuration | connections | requests/s | p50 ms | p99 ms | errors "
+        "| peak RSS MiB | foreign CPU % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, config in result["configurations"].items():
+        for connections, entry in config["connections"].items():
+            lines.append(
+                f"| {name} | {connections} | {_number(entry['rps'])} "
+                f"| {entry['p50_ms']:.2f} | {entry['p99_ms']:.2f} "
+                f"| {entry['errors']} | {_mib(config.get('peak_rss_bytes'))} "
+                f"| {_number(entry.get('foreign_cpu_pct'))} |"
+            )
+    lines += _other_figures(result)
+    lines += ["", "## Configurations described", ""]
+    for name, config in result["configurations"].items():
+        lines.append(f"- `{name}`: {config['description']}.")
+    lines += ["", "## Method", ""]
+    lines += [f"- {note}" for note in method.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _pinning_text(pinning: Mapping[str, Any] | None) -> str:
+    if not pinning:
+        return "no CPU pinning (taskset or a second CPU missing)."
+    return (
+        f"proxies pinned to CPU {pinning['proxy_cpus']}, wrk and the upstream "
+        f"to CPU {pinning['load_cpus']}."
+    )
+
+
+def _other_figures(result: Mapping[str, Any]) -> list[str]:
+    lines = ["", "## Other figures", ""]
+    verify = result.get("verify_per_second")
+    if verify:
+        lines.append(
+            f"- Verifications per second, one core: cache hit "
+            f"{_number(verify.get('hit'))}, cache miss {_number(verify.get('miss'))}"
+            f" (real Redis, {verify.get('miss_concurrency', '?')} concurrent "
+            f"lookups; {_number(verify.get('miss_sequential'))} one at a time)."
+        )
+    revocation = result.get("revocation_ms")
+    if revocation:
+        lines.append(
+            f"- Revocation to refusal on the other replica, "
+            f"{revocation['samples']} samples: p50 {revocation['p50']:.2f} ms, "
+            f"p99 {revocation['p99']:.2f} ms, max {revocation['max']:.2f} ms "
+            f"(one request through the replica takes {revocation['poll_rtt_ms']:.2f}"
+            " ms)."
+        )
+    memory = result.get("memory")
+    if memory:
+        lines.append(
+            f"- Memory: {_number(memory.get('redis_bytes_per_key'))} bytes of Redis "
+            f"per key record with its indexes; "
+            f"{_number(memory.get('process_bytes_per_cached_key'))} bytes of "
+            f"process memory per cached key at "
+            f"{_number(memory.get('cached_keys'))} cached keys."
+        )
+    extra = result.get("ratios_at_128")
+    if extra:
+        shown = ", ".join(f"{k} {_number(v, 3)}" for k, v in extra.items())
+        lines.append(f"- The same ratios at 128 connections (no targets): {shown}.")
+    return lines

@@ -1,0 +1,164 @@
+"""Load runs: check each configuration, warm it, then alternate rounds.
+
+Rounds alternate direction (forward, then backward, ...) over the
+configurations and the connection counts, so slow drift on a shared machine
+(a neighbour's load, thermal limits) falls on every configuration alike
+instead of on whichever happens to run last.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import cpustat
+from bench.configs import KEY_HEADER, Setup
+from bench.keypool import read_keys
+from bench.procs import http_status
+from bench.wrk import WrkResult, run_wrk
+
+
+class PreflightError(RuntimeError):
+    """A configuration does not answer as it must before any load."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    duration: float
+    warmup: float
+    rounds: int
+    connections: tuple[int, ...]
+    load_cpus: str | None
+    pause: float = 0.3
+    # Seconds the whole run may spend waiting for other processes to calm
+    # down before a load run, and what counts as calm (foreign CPU share).
+    quiet_budget: float = 0.0
+    quiet_threshold: float = 15.0
+    # Processes outside the harness's tree that work for the runs (Redis).
+    extra_pids: tuple[int, ...] = ()
+
+
+@dataclass
+class Series:
+    """Every run of one configuration at one connection count."""
+
+    runs: list[WrkResult] = field(default_factory=list)
+    noise: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        runs = self.runs
+        return {
+            "rps": round(statistics.median(r.rps for r in runs), 1),
+            "p50_ms": round(statistics.median(r.p50_ms for r in runs), 3),
+            "p99_ms": round(statistics.median(r.p99_ms for r in runs), 3),
+            "errors": sum(r.errors for r in runs),
+            "requests": sum(r.requests for r in runs),
+            "foreign_cpu_pct": statistics.median(
+                n["foreign_cpu_pct"] for n in self.noise
+            ),
+            "rps_min": round(min(r.rps for r in runs), 1),
+            "rps_max": round(max(r.rps for r in runs), 1),
+            "runs": [
+                {**r.as_dict(), **noise}
+                for r, noise in zip(runs, self.noise, strict=True)
+            ],
+        }
+
+
+def preflight(setup: Setup) -> None:
+    """A request with the key gets 200; one without gets the refusal."""
+    if setup.key_file is None:
+        raise PreflightError(f"{setup.name}: no key file.")
+    key = read_keys(setup.key_file)[0]
+    status = http_status(setup.url, {KEY_HEADER: key})
+    if status != 200:
+        raise PreflightError(
+            f"{setup.name}: a request with a valid key got {status or 'no answer'}, "
+            "not 200."
+        )
+    if setup.keyless_status is not None:
+        status = http_status(setup.url)
+        if status != setup.keyless_status:
+            raise PreflightError(
+                f"{setup.name}: a request without a key got {status or 'no answer'},"
+                f" not {setup.keyless_status}."
+            )
+
+
+def _run(
+    setup: Setup, plan: Plan, connections: int, duration: float
+) -> tuple[WrkResult, dict[str, Any]]:
+    window = cpustat.Window.open(plan.extra_pids)
+    result = run_wrk(
+        setup.url,
+        connections=connections,
+        duration=duration,
+        key_file=setup.key_file,
+        key_header=KEY_HEADER,
+        cpus=plan.load_cpus,
+    )
+    for service in setup.services:
+        if not service.alive():
+            raise service.fail("died during a load run")
+    return result, window.close(plan.extra_pids)
+
+
+def measure(setups: Sequence[Setup], plan: Plan) -> dict[str, dict[int, Series]]:
+    """Warm every configuration, then run the alternating rounds."""
+    results = {s.name: {c: Series() for c in plan.connections} for s in setups}
+    for setup in setups:
+        preflight(setup)
+        _progress(f"warm-up  {setup.name}")
+        _run(setup, plan, max(plan.connections), plan.warmup)
+    total = plan.rounds * len(setups) * len(plan.connections)
+    done = 0
+    budget = plan.quiet_budget
+    for round_index in range(plan.rounds):
+        forward = round_index % 2 == 0
+        order = list(setups) if forward else list(reversed(setups))
+        counts = plan.connections if forward else tuple(reversed(plan.connections))
+        for setup in order:
+            for connections in counts:
+                budget -= _settle(plan, budget)
+                result, noise = _run(setup, plan, connections, plan.duration)
+                series = results[setup.name][connections]
+                series.runs.append(result)
+                series.noise.append(noise)
+                done += 1
+                _progress(
+                    f"[{done}/{total}] round {round_index + 1}  {setup.name:<21}"
+                    f" c={connections:<4} {result.rps:>9,.0f} rps"
+                    f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+                    f"  errors {result.errors}  {_noise_text(noise)}"
+                )
+    return results
+
+
+def _settle(plan: Plan, budget: float) -> float:
+    """Pause between runs; while others load the machine, wait (within budget).
+
+    Returns the seconds spent waiting beyond the plain pause.
+    """
+    waited = 0.0
+    while True:
+        window = cpustat.Window.open(plan.extra_pids)
+        time.sleep(plan.pause)
+        foreign = window.close(plan.extra_pids)["foreign_cpu_pct"]
+        if foreign <= plan.quiet_threshold or waited + plan.pause > budget:
+            if waited:
+                _progress(f"waited {waited:.1f} s for a quieter machine")
+            return waited
+        waited += plan.pause
+
+
+def _noise_text(noise: dict[str, Any]) -> str:
+    steal = "/".join(f"{v:.0f}%" for v in noise["steal_pct"].values()) or "n/a"
+    return f"steal {steal}  foreign {noise['foreign_cpu_pct']:.0f}%"
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
