@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -340,6 +341,13 @@ async def _serve_worker(settings: Settings, sockets: Sequence[socket.socket]) ->
         Binding(build_gateway_app(context), sockets[0], edge=True),
         Binding(build_admin_app(context), sockets[1]),
     ]
+    # Everything made so far (modules, apps, settings) lives as long as the
+    # process. Moving it out of the collector's sight makes each full
+    # collection scan only what requests allocate: without it, full
+    # collections over the imported libraries' objects showed up as
+    # tens-of-milliseconds stalls in the gateway's p99 latency under load.
+    gc.collect()
+    gc.freeze()
     await serve_bindings(context, bindings)
 
 

@@ -101,15 +101,18 @@ class Verifier:
         """The identity behind the key, or ``AuthError``/``StoreUnavailable``."""
         if not key:
             raise MISSING
-        if not keys.is_well_formed(key):
+        if len(key) != keys.KEY_LENGTH or not key.isascii():
             raise MALFORMED
         key_hash = self._hash(key)
         entry = self.cache.get(key_hash)
         now = time.monotonic()
         if entry is not None and now < entry.fresh_until:
+            # Only well-formed keys ever reach the cache: no checksum needed.
             self.hits += 1
             identity = entry.identity
         else:
+            if not keys.is_well_formed(key):
+                raise MALFORMED
             self.misses += 1
             try:
                 identity = await self._fetch(key_hash)
