@@ -100,16 +100,17 @@ def strip_response_headers(
     raw: Iterable[tuple[bytes, bytes]], request_id: bytes
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers minus hop-by-hop, plus our request id."""
-    headers = [(name.lower(), value) for name, value in raw]
-    drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
-    for name, value in headers:
-        if name == b"connection":
-            drop = HOP_BY_HOP | connection_tokens(value)
-    kept = [
-        (name, value)
-        for name, value in headers
-        if name not in drop and name != REQUEST_ID
-    ]
+    kept = []
+    listed: set[bytes] | None = None
+    for name, value in raw:
+        name = name.lower()
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                listed = connection_tokens(value)
+        elif name != REQUEST_ID:
+            kept.append((name, value))
+    if listed:
+        kept = [pair for pair in kept if pair[0] not in listed]
     kept.append((REQUEST_ID, request_id))
     return kept
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from bisect import bisect_left
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -60,17 +61,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self.auth_seconds = Histogram(
-            "rpa_gateway_auth_seconds",
-            "Time to verify the key of a request.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.auth_seconds = BatchedHistogram(
+            Histogram(
+                "rpa_gateway_auth_seconds",
+                "Time to verify the key of a request.",
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
         )
-        self.upstream_seconds = Histogram(
-            "rpa_gateway_upstream_seconds",
-            "Time from sending a request upstream to its response headers.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.upstream_seconds = BatchedHistogram(
+            Histogram(
+                "rpa_gateway_upstream_seconds",
+                "Time from sending a request upstream to its response headers.",
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
         )
         self.cache_hits = Counter(
             "rpa_gateway_cache_hits", "Key lookups answered by the cache.", registry=r
@@ -91,14 +96,20 @@ class Metrics:
             "Invalidation messages received from Redis.",
             registry=r,
         )
-        self._outcomes: dict[str, Any] = {}
+        self._outcomes: dict[str, int] = {}
         self._synced: dict[str, int] = {}
 
     def outcome(self, outcome: str) -> None:
-        child = self._outcomes.get(outcome)
-        if child is None:
-            child = self._outcomes[outcome] = self.requests.labels(outcome)
-        child.inc()
+        outcomes = self._outcomes
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    def flush(self) -> None:
+        """Hand what requests counted since the last call to Prometheus."""
+        outcomes, self._outcomes = self._outcomes, {}
+        for outcome, count in outcomes.items():
+            self.requests.labels(outcome).inc(count)
+        self.auth_seconds.flush()
+        self.upstream_seconds.flush()
 
     def sync_counter(self, name: str, counter: Counter, total: int) -> None:
         """Add to ``counter`` what ``total`` grew by since the last call."""
@@ -113,6 +124,41 @@ class Metrics:
             prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class BatchedHistogram:
+    """Counts observations locally; ``flush`` adds them to a Histogram.
+
+    ``Histogram.observe`` takes a lock and walks the buckets on each call:
+    with a counter, about 8 microseconds a proxied request, a tenth of the
+    gateway's own work. Here a request costs one bisect and two additions,
+    and the server flushes every second and before each scrape. The flush
+    adds to the histogram's own values (``_sum`` and the per-bucket
+    ``_buckets``, prometheus_client's layout since 0.4), so multiprocess
+    mode still sums every worker; a test compares the exposition with
+    per-observation calls, so a change of that layout fails loudly.
+    """
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._bounds: list[float] = list(histogram._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, [0] * len(self._bounds)
+        if not any(counts):
+            return
+        total, self._sum = self._sum, 0.0
+        histogram = self.histogram
+        histogram._sum.inc(total)
+        for bucket, count in zip(histogram._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 def log_access(

@@ -129,6 +129,7 @@ class Context:
 
     def sync_metrics(self) -> None:
         verifier, metrics = self.verifier, self.metrics
+        metrics.flush()
         metrics.sync_counter("hits", metrics.cache_hits, verifier.hits)
         metrics.sync_counter("misses", metrics.cache_misses, verifier.misses)
         metrics.sync_counter("errors", metrics.redis_errors, verifier.redis_errors)

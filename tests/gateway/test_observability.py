@@ -88,3 +88,39 @@ def test_the_log_checker_finds_keys_peppers_and_url_passwords() -> None:
     leaks = secret_leaks(lines)
     assert [leak.split(":")[0] for leak in leaks] == ["a", "b", "c"]
     assert all(key not in leak and PEPPER not in leak for leak in leaks)
+
+
+def test_batched_histograms_expose_exactly_what_direct_observations_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from gateway.observability import BatchedHistogram
+
+    values = [0.0001, 0.0005, 0.0007, 0.003, 0.02, 0.4, 7.0, 31.0, 0.0025]
+    buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.5, 1.0, 30.0)
+    direct_registry, batched_registry = CollectorRegistry(), CollectorRegistry()
+    direct = Histogram("h", "h", buckets=buckets, registry=direct_registry)
+    batched = BatchedHistogram(
+        Histogram("h", "h", buckets=buckets, registry=batched_registry)
+    )
+    for value in values[:5]:
+        direct.observe(value)
+        batched.observe(value)
+    batched.flush()
+    for value in values[5:]:
+        direct.observe(value)
+        batched.observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[bytes, float]]:
+        pairs = []
+        for line in generate_latest(registry).splitlines():
+            # The creation time differs, rightly; comments carry no values.
+            if b"_created" in line or line.startswith(b"#"):
+                continue
+            name, _, value = line.rpartition(b" ")
+            pairs.append((name, pytest.approx(float(value))))
+        return pairs
+
+    assert samples(batched_registry) != samples(direct_registry)
+    batched.flush()
+    batched.flush()  # an empty flush adds nothing
+    assert samples(batched_registry) == samples(direct_registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from typing import Any
 
@@ -107,10 +108,17 @@ async def test_workers_share_the_sockets_and_metrics_add_up_across_them(
             for _ in range(40):
                 response = await client.get(f"{url}/x", headers=bearer(key))
                 assert response.status_code == 200
-            text = (await client.get(f"{admin}/metrics")).text
+            # Each worker hands its counts to the shared files every second.
+            expected = 'rpa_gateway_requests_total{outcome="proxied"} 40.0'
+            deadline = asyncio.get_running_loop().time() + 5
+            while True:
+                text = (await client.get(f"{admin}/metrics")).text
+                if expected in text or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
     finally:
         assert await process.stop() == 0
-    assert 'rpa_gateway_requests_total{outcome="proxied"} 40.0' in text
+    assert expected in text
     ids = {orjson.loads(line)["request_id"] for line in process.lines["stdout"]}
     assert len(ids) == 40
 
