@@ -162,7 +162,6 @@ class BatchedHistogram:
 
 
 def log_access(
-    *,
     request_id: str,
     method: str,
     path: str,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import aiohttp
 from yarl import URL
 
-from gateway.problems import UpstreamError, UpstreamTimeout
+from gateway.problems import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.settings import Settings
 
 # Headers aiohttp would otherwise invent; the client's own copies, when
@@ -26,19 +26,27 @@ from gateway.settings import Settings
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
+UPSTREAM_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
+
+
+def upstream_failure(exc: BaseException, url: str) -> GatewayError:
+    """The gateway error for an aiohttp or socket error talking to the upstream."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"The upstream '{url}' did not answer in time.")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(f"The upstream '{url}' refused the connection.")
+    return UpstreamError(
+        f"The upstream '{url}' broke the connection ({type(exc).__name__})."
+    )
+
+
 @contextmanager
 def translate_errors(url: str) -> Iterator[None]:
     """Map aiohttp and socket errors to 502 and 504, most specific first."""
     try:
         yield
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"The upstream '{url}' did not answer in time.") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(f"The upstream '{url}' refused the connection.") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamError(
-            f"The upstream '{url}' broke the connection ({type(exc).__name__})."
-        ) from exc
+    except UPSTREAM_ERRORS as exc:
+        raise upstream_failure(exc, url) from exc
 
 
 class Upstream:
@@ -103,11 +111,13 @@ class Upstream:
         """Send the request; the response body is left to the caller."""
         # The path is forwarded byte for byte: yarl must not re-quote it.
         url = URL(self.base_url + path_and_query, encoded=True)
-        with translate_errors(self.base_url):
+        try:
             response: aiohttp.ClientResponse = await self.session.request(
                 method, url, headers=headers, data=body, allow_redirects=False
             )
-            return response
+        except UPSTREAM_ERRORS as exc:
+            raise upstream_failure(exc, self.base_url) from exc
+        return response
 
     async def aclose(self) -> None:
         if self._session is not None:
