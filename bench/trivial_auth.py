@@ -49,6 +49,11 @@ def main() -> None:
         http="httptools",
         lifespan="off",
         access_log=False,
+        # The gateway's own listener settings: no proxy-headers layer and
+        # no Server or Date header, so that only the endpoint's work differs.
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
         log_level="warning",
         backlog=4096,
     )

@@ -76,17 +76,17 @@ def valid_request_id(value: bytes) -> bool:
 
 
 def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """A well-formed incoming X-Request-ID, else X-Correlation-ID, else new."""
+    """A well-formed incoming X-Request-ID, else X-Correlation-ID, else new.
+
+    ASGI servers give header names in lower case (the ASGI spec requires
+    it), and a missed match here only means a fresh id: no lower() needed.
+    """
     correlation = None
     for name, value in headers:
-        lowered = name.lower()
-        if lowered == REQUEST_ID and valid_request_id(value):
-            return value.decode("ascii")
-        if (
-            lowered == CORRELATION_ID
-            and correlation is None
-            and valid_request_id(value)
-        ):
+        if name == REQUEST_ID:
+            if valid_request_id(value):
+                return value.decode("ascii")
+        elif name == CORRELATION_ID and correlation is None and valid_request_id(value):
             correlation = value.decode("ascii")
     return correlation or new_request_id()
 
