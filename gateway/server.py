@@ -48,6 +48,7 @@ from gateway.problems import GatewayError, NotFound, StoreUnavailable
 from gateway.proxy import Proxy, Receive, Scope, Send, client_host, send_problem
 from gateway.settings import Settings
 from gateway.store import KeyStore, store_from_settings
+from gateway.transport import CoalescingHttpToolsProtocol
 from gateway.upstream import Upstream
 from gateway.verifier import Verifier
 
@@ -267,7 +268,8 @@ class _Server(uvicorn.Server):
 def uvicorn_config(app: ASGIApp, settings: Settings, *, edge: bool) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http="httptools",
+        # The gateway joins each response's head and body into one write.
+        http=CoalescingHttpToolsProtocol if edge else "httptools",
         ws="none",
         lifespan="off",
         log_config=None,
