@@ -23,6 +23,7 @@ from gateway.verifier import Verifier
 # Where the proxies put the original URI: Traefik and Envoy conventions, and
 # the header the shipped nginx snippet sets.
 _ORIGINAL_URI = (b"x-forwarded-uri", b"x-original-uri")
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 
 class ForwardAuth:
@@ -38,8 +39,6 @@ class ForwardAuth:
 
     def _query(self, scope: Scope) -> bytes:
         """The original query, where a key may be when that is allowed."""
-        if not self.query_keys:
-            return b""
         for name, value in scope["headers"]:
             if name in _ORIGINAL_URI:
                 query: str = urlsplit(value.decode("latin-1")).query
@@ -52,16 +51,18 @@ class ForwardAuth:
         headers = scope["headers"]
         request_id = request_id_from(headers)
         user_id = key_id = None
+        verifier = self.verifier
         try:
-            identity = await self.verifier.verify(
-                self.verifier.extract(headers, self._query(scope))
-            )
+            query = self._query(scope) if self.query_keys else b""
+            identity = await verifier.verify(verifier.extract(headers, query))
         except (AuthError, StoreUnavailable) as exc:
-            status, outcome = exc.status, exc.slug
+            status, outcome = exc.status, "auth-" + exc.slug
             await send_problem(send, exc, request_id, self.realm)
         else:
-            status, outcome = 200, "allowed"
+            status, outcome = 200, "auth-allowed"
             user_id, key_id = identity.user_id, identity.key_id
+            # The answer goes to the proxy that asked, never to a cache:
+            # identity, request id and length are all it carries.
             await send(
                 {
                     "type": "http.response.start",
@@ -70,24 +71,23 @@ class ForwardAuth:
                         (self.user_id_header, user_id.encode()),
                         (self.key_id_header, key_id.encode()),
                         (b"x-request-id", request_id.encode()),
-                        (b"cache-control", b"no-store"),
                         (b"content-length", b"0"),
                     ],
                 }
             )
-            await send({"type": "http.response.body", "body": b""})
+            await send(_EMPTY_BODY)
         finally:
             self.metrics.auth_seconds.observe(perf_counter() - started)
-        self.metrics.outcome("auth-" + outcome)
+        self.metrics.outcome(outcome)
         log_access(
-            request_id=request_id,
-            method=scope["method"],
-            path=scope["path"],
-            status=status,
-            duration=perf_counter() - started,
-            upstream_duration=None,
-            outcome="auth-" + outcome,
-            user_id=user_id,
-            key_id=key_id,
-            client=client_host(scope),
+            request_id,
+            scope["method"],
+            scope["path"],
+            status,
+            perf_counter() - started,
+            None,
+            outcome,
+            user_id,
+            key_id,
+            client_host(scope),
         )
