@@ -7,13 +7,15 @@ pepper and the Redis password never appear in a repr, a log or an error.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +42,48 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """A ``redis://`` or ``rediss://`` URL whose host part may be a list."""
+
+    tls: bool
+    hosts: tuple[tuple[str, int], ...]
+    db: int
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_redis_url(url: str, default_port: int = 6379) -> RedisAddress:
+    """Take a URL with one or more ``host[:port]`` apart.
+
+    Errors name the hosts but never the URL, which may hold a password.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("the URL must start with redis:// or rediss://")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    hosts = []
+    for item in hostlist.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("the URL names no host, or an empty one in its list")
+        if item.endswith("]") or ":" not in item:
+            hosts.append((item.strip("[]"), default_port))
+        else:
+            hosts.append(parse_hostport(item, "redis_url"))
+    path = parts.path.strip("/") or "0"
+    if not path.isdigit():
+        raise ValueError(f"'/{path}' is not a database number")
+    return RedisAddress(
+        tls=parts.scheme == "rediss",
+        hosts=tuple(hosts),
+        db=int(path),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the gateway and the admin app."""
 
@@ -51,7 +95,9 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    # Store
+    # Store. The topology comes before the URL: the URL's check reads it.
+    redis_sentinel_master: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    redis_cluster: bool = False
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     namespace: str = Field("rpagw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     key_pepper: SecretStr
@@ -140,12 +186,45 @@ class Settings(BaseSettings):
             raise ValueError(f"'{value}' is not an http:// or https:// URL")
         return value.rstrip("/")
 
+    @field_validator("redis_sentinel_master", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _one_topology(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("redis_sentinel_master"):
+            raise ValueError(
+                f"Cluster and Sentinel exclude each other; unset "
+                f"{ENV_PREFIX}REDIS_CLUSTER or {ENV_PREFIX}REDIS_SENTINEL_MASTER"
+            )
+        return value
+
     @field_validator("redis_url")
     @classmethod
-    def _redis_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
+    def _redis_url(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        url = value.get_secret_value()
+        scheme = urlsplit(url).scheme
         if scheme not in ("redis", "rediss", "unix", "memory"):
             raise ValueError("the URL must start with redis://, rediss:// or unix://")
+        sentinel = info.data.get("redis_sentinel_master")
+        cluster = info.data.get("redis_cluster")
+        topology = "Sentinel" if sentinel else "Cluster" if cluster else None
+        if scheme in ("unix", "memory"):
+            if topology:
+                raise ValueError(f"{topology} needs a redis:// or rediss:// URL")
+            return value
+        address = parse_redis_url(url, 26379 if sentinel else 6379)
+        if topology is None and len(address.hosts) > 1:
+            raise ValueError(
+                f"a list of hosts needs {ENV_PREFIX}REDIS_SENTINEL_MASTER "
+                f"or {ENV_PREFIX}REDIS_CLUSTER"
+            )
+        if topology and urlsplit(url).query:
+            raise ValueError(f"{topology} takes no ?options in the URL")
+        if cluster and address.db != 0:
+            raise ValueError("Redis Cluster has only database 0")
         return value
 
     @property

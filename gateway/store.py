@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -30,13 +30,11 @@ from datetime import time as dtime
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway import keys
+from gateway import keys, redis_client
 from gateway.problems import Conflict, InvalidInput, NotFound, StoreUnavailable
 from gateway.settings import Settings
 
@@ -225,6 +223,22 @@ def _key_from(key_hash: str, data: dict[str, str], used: str | None) -> KeyRecor
         expires_at=float(data["expires_at"]),
         hint=data.get("hint", ""),
         last_used_at=float(used) if used else None,
+    )
+
+
+# What ``lookup`` finds: the key record and its user, if the key exists.
+Found = tuple[KeyRecord, User | None] | None
+
+
+def _found(key_hash: str, reply: list[list[str]]) -> Found:
+    """The answer of one ``_LOOKUP`` script call."""
+    if not reply:
+        return None
+    data, user = _pairs(reply[0]), _pairs(reply[1])
+    if not data.get("id"):
+        return None
+    return _key_from(key_hash, data, None), (
+        _user_from(user) if user.get("id") else None
     )
 
 
@@ -455,7 +469,7 @@ class KeyStore:
             return None
         return _key_from(key_hash, data, None)
 
-    async def lookup(self, key_hash: str) -> tuple[KeyRecord, User | None] | None:
+    async def lookup(self, key_hash: str) -> Found:
         """The verifier's read: the key record and its user.
 
         On a single Redis one script reads both, one round trip per cache
@@ -471,14 +485,30 @@ class KeyStore:
             found = await self._lookup_script(
                 keys=[self._k(key_hash)], args=[f"{self.ns}:u:"]
             )
-        if not found:
-            return None
-        data, user = _pairs(found[0]), _pairs(found[1])
-        if not data.get("id"):
-            return None
-        return _key_from(key_hash, data, None), (
-            _user_from(user) if user.get("id") else None
-        )
+        return _found(key_hash, found)
+
+    async def lookup_many(self, hashes: Sequence[str]) -> list[Found]:
+        """``lookup`` for several keys in one round trip, on a single Redis.
+
+        One pipeline of script calls; any Redis error fails them all.
+        """
+        async with translate_redis_errors():
+            try:
+                replies = await self._lookup_pipeline(hashes)
+            except NoScriptError:
+                # A restarted or flushed Redis forgot the script. (redis-py's
+                # own loading in pipelines costs a SCRIPT EXISTS every time.)
+                await self.redis.script_load(_LOOKUP)
+                replies = await self._lookup_pipeline(hashes)
+        return [_found(h, reply) for h, reply in zip(hashes, replies, strict=True)]
+
+    async def _lookup_pipeline(self, hashes: Sequence[str]) -> list[Any]:
+        sha, users = self._lookup_script.sha, f"{self.ns}:u:"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_hash in hashes:
+                pipe.evalsha(sha, 1, self._k(key_hash), users)
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         async with translate_redis_errors():
@@ -506,7 +536,11 @@ class KeyStore:
             ids = sorted(await self.redis.smembers(index))
             if not ids:
                 return []
-            hashes = await self.redis.mget([self._id(i) for i in ids])
+            # GETs in a pipeline, not MGET: on Cluster the ids span slots.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id in ids:
+                    pipe.get(self._id(key_id))
+                hashes = await pipe.execute()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key_hash in hashes:
                     pipe.hgetall(self._k(key_hash or "-"))
@@ -626,36 +660,22 @@ class KeyStore:
 
 
 def open_redis(url: str) -> Redis:
-    """A client for the URL; ``memory://`` is an in-process Redis (the demo)."""
-    if url.startswith("memory://"):
-        import fakeredis
-
-        server = _MEMORY_SERVERS.setdefault(url, fakeredis.FakeServer())
-        client: Redis = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-        return client
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        socket_timeout=2.0,
-        health_check_interval=15,
-        # One immediate retry on a broken connection: after a Redis restart
-        # or failover every pooled connection is dead, and without it each
-        # one would fail a request with 503 before being replaced.
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-    )
-
-
-_MEMORY_SERVERS: dict[str, Any] = {}
+    """A client for one Redis; ``memory://`` is an in-process one (the demo)."""
+    client: Redis = redis_client.open_redis(url).client
+    return client
 
 
 def store_from_settings(settings: Settings, redis: Redis | None = None) -> KeyStore:
-    url = settings.redis_url.get_secret_value()
+    """The store on the settings' topology: one Redis, Sentinel or Cluster."""
+    if redis is None:
+        redis, atomic = redis_client.open_redis(settings)
+    else:
+        atomic = not settings.redis_cluster
     return KeyStore(
-        redis if redis is not None else open_redis(url),
+        redis,
         settings.namespace,
         settings.pepper,
         max_lifetime_days=settings.max_key_lifetime_days,
         retention_days=settings.expired_retention_days,
+        atomic=atomic,
     )

@@ -297,7 +297,7 @@ async def private_redis(tmp_path: Any) -> AsyncIterator[PrivateRedis]:
 
 
 class CommandCounter:
-    """Counts the commands a Redis client sends, pipelines aside.
+    """Counts the commands a Redis client sends and, apart, its pipelines.
 
     Loading the lookup script into Redis's script cache (a NOSCRIPT answer,
     then SCRIPT LOAD) happens once per server, not per lookup, so it is not
@@ -306,6 +306,28 @@ class CommandCounter:
 
     def __init__(self, redis: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
+        self.pipelines = 0
+        make_pipeline = redis.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = make_pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def counting_execute(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    result = await execute(*args, **kwargs)
+                except NoScriptError:
+                    raise
+                except BaseException:
+                    self.pipelines += 1
+                    raise
+                self.pipelines += 1
+                return result
+
+            pipe.execute = counting_execute
+            return pipe
+
+        monkeypatch.setattr(redis, "pipeline", pipeline)
         original = redis.execute_command
 
         async def counting(*args: Any, **kwargs: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.settings import SettingsError, load_settings
+from gateway.settings import SettingsError, load_settings, parse_redis_url
 
 GOOD_PEPPER = "x" * 40
 
@@ -94,3 +94,104 @@ def test_a_dotenv_file_is_read(
             f"RPA_GATEWAY_KEY_PEPPER={GOOD_PEPPER}\nRPA_GATEWAY_NAMESPACE=fromfile\n"
         )
     assert load_settings().namespace == "fromfile"
+
+
+@pytest.mark.parametrize(
+    ("environment", "variable", "fragment"),
+    [
+        pytest.param(
+            {"REDIS_URL": "redis://a:6379,b:6379/0"},
+            "REDIS_URL",
+            "needs RPA_GATEWAY_REDIS_SENTINEL_MASTER or RPA_GATEWAY_REDIS_CLUSTER",
+            id="host-list-without-topology",
+        ),
+        pytest.param(
+            {"REDIS_CLUSTER": "true", "REDIS_SENTINEL_MASTER": "main"},
+            "REDIS_CLUSTER",
+            "exclude each other",
+            id="cluster-and-sentinel",
+        ),
+        pytest.param(
+            {"REDIS_CLUSTER": "true", "REDIS_URL": "unix:///run/redis.sock"},
+            "REDIS_URL",
+            "Cluster needs a redis:// or rediss:// URL",
+            id="cluster-on-unix-socket",
+        ),
+        pytest.param(
+            {"REDIS_SENTINEL_MASTER": "main", "REDIS_URL": "memory://demo"},
+            "REDIS_URL",
+            "Sentinel needs a redis:// or rediss:// URL",
+            id="sentinel-in-memory",
+        ),
+        pytest.param(
+            {"REDIS_CLUSTER": "true", "REDIS_URL": "redis://a:7000/1"},
+            "REDIS_URL",
+            "only database 0",
+            id="cluster-database",
+        ),
+        pytest.param(
+            {"REDIS_SENTINEL_MASTER": "main", "REDIS_URL": "redis://a?ssl_cert_reqs=x"},
+            "REDIS_URL",
+            "no ?options",
+            id="sentinel-url-options",
+        ),
+        pytest.param(
+            {"REDIS_SENTINEL_MASTER": "main", "REDIS_URL": "redis://a:1,:2"},
+            "REDIS_URL",
+            "host:port",
+            id="sentinel-without-host",
+        ),
+        pytest.param(
+            {"REDIS_SENTINEL_MASTER": "no spaces"},
+            "REDIS_SENTINEL_MASTER",
+            "pattern",
+            id="master-name",
+        ),
+    ],
+)
+def test_an_impossible_redis_topology_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    variable: str,
+    fragment: str,
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    for name, value in environment.items():
+        monkeypatch.setenv(f"RPA_GATEWAY_{name}", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"Invalid setting RPA_GATEWAY_{variable}:")
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_redis_topology_is_read_without_echoing_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    monkeypatch.setenv("RPA_GATEWAY_REDIS_SENTINEL_MASTER", "main")
+    monkeypatch.setenv(
+        "RPA_GATEWAY_REDIS_URL", "rediss://app:hunter2secret@s1:26379,s2/0"
+    )
+    settings = load_settings()
+    assert settings.redis_sentinel_master == "main"
+    assert settings.redis_cluster is False
+    assert "hunter2secret" not in repr(settings)
+    address = parse_redis_url(settings.redis_url.get_secret_value(), 26379)
+    assert address.hosts == (("s1", 26379), ("s2", 26379))
+    assert (address.tls, address.db, address.username) == (True, 0, "app")
+    assert address.password == "hunter2secret"
+    assert "hunter2secret" not in repr(address)
+
+
+def test_a_bad_port_in_a_password_url_does_not_echo_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    monkeypatch.setenv("RPA_GATEWAY_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("RPA_GATEWAY_REDIS_URL", "redis://:hunter2secret@a:x,b:1")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "'a:x'" in str(caught.value)
+    assert "hunter2secret" not in str(caught.value)

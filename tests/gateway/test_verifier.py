@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway import keys
 from gateway.invalidation import InvalidationSubscriber
@@ -18,6 +19,7 @@ from gateway.server import Context, build_gateway_app
 from gateway.settings import Settings
 from gateway.store import PRIVILEGES, KeyStore
 from gateway.verifier import EXPIRED, INVALID, MALFORMED, MISSING, Verifier
+from tests.conftest import PEPPER
 from tests.gateway.conftest import (
     GATEWAY,
     CommandCounter,
@@ -222,6 +224,115 @@ async def test_revoked_keys_stay_refused_under_repeated_races(
             await verifier.verify(key)
 
 
+# Batched misses ------------------------------------------------------------
+
+
+async def test_a_burst_of_distinct_misses_costs_one_pipeline_with_an_answer_per_key(
+    verifier: Verifier,
+    store: KeyStore,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    known = [await make_key() for _ in range(8)]
+    _, disabled = await make_key("bob")
+    await store.update_user("bob", disabled=True)
+    unknown = [unknown_key() for _ in range(8)]
+    burst = [key for _, key in known] * 2 + [disabled] + unknown
+    counter = CommandCounter(store.redis, monkeypatch)
+
+    results = await asyncio.gather(
+        *(verifier.verify(key) for key in burst), return_exceptions=True
+    )
+
+    assert (counter.pipelines, counter.count) == (1, 0)
+    found = dict(zip(burst, results, strict=True))
+    for record, key in known:
+        assert found[key] == verifier.cache.get(store.hash_key(key)).identity  # type: ignore[union-attr]
+        assert (found[key].key_id, found[key].user_id) == (record.id, "alice")  # type: ignore[union-attr]
+    assert all(found[key] is INVALID for key in [disabled, *unknown])
+
+
+async def test_a_burst_of_misses_reloads_the_script_after_redis_forgot_it(
+    verifier: Verifier, store: KeyStore, make_key: KeyMaker
+) -> None:
+    """After a restart or SCRIPT FLUSH, EVALSHA answers NOSCRIPT."""
+    known = [await make_key() for _ in range(3)]
+    await store.redis.script_flush()
+    identities = await asyncio.gather(*(verifier.verify(key) for _, key in known))
+    assert [i.key_id for i in identities] == [record.id for record, _ in known]
+
+
+async def test_revoking_during_a_batched_lookup_never_reinserts_the_key(
+    verifier: Verifier,
+    store: KeyStore,
+    subscribed: InvalidationSubscriber,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The batch read every record before the revocation and ends after it."""
+    made = [await make_key() for _ in range(5)]
+    revoked, revoked_key = made[0]
+    revoked_hash = store.hash_key(revoked_key)
+    read_done = asyncio.Event()
+    release = asyncio.Event()
+    original_lookup_many = store.lookup_many
+    batches: list[int] = []
+
+    async def slow_lookup_many(hashes: list[str]) -> Any:
+        batches.append(len(hashes))
+        found = await original_lookup_many(hashes)
+        read_done.set()
+        await release.wait()
+        return found
+
+    monkeypatch.setattr(store, "lookup_many", slow_lookup_many)
+    evicted = asyncio.Event()
+    original_handle = subscribed.handle
+
+    def handle(data: str) -> None:
+        original_handle(data)
+        if data == f"k:{revoked_hash}":
+            evicted.set()
+
+    monkeypatch.setattr(subscribed, "handle", handle)
+
+    burst = [key for _, key in made] * 10
+    in_flight = [asyncio.create_task(verifier.verify(key)) for key in burst]
+    await asyncio.wait_for(read_done.wait(), 5)
+    await store.revoke_key(revoked.id)
+    await asyncio.wait_for(evicted.wait(), 5)
+    release.set()
+    await asyncio.gather(*in_flight, return_exceptions=True)
+
+    assert batches == [5]
+    assert verifier.cache.get(revoked_hash) is None
+    monkeypatch.setattr(store, "lookup_many", original_lookup_many)
+    with pytest.raises(AuthError) as refused:
+        await verifier.verify(revoked_key)
+    assert refused.value is INVALID
+    assert (await verifier.verify(made[1][1])).key_id == made[1][0].id
+
+
+async def test_on_cluster_each_miss_is_looked_up_on_its_own(
+    settings: Settings, store: KeyStore, make_key: KeyMaker
+) -> None:
+    """Without one-slot scripts there is nothing to batch: the old path."""
+    known = [await make_key() for _ in range(4)]
+    cluster = KeyStore(store.redis, store.ns, PEPPER.encode(), atomic=False)
+    verifier = Verifier.from_settings(settings, cluster)
+    calls: list[str] = []
+    original_lookup = cluster.lookup
+
+    async def counting_lookup(key_hash: str) -> Any:
+        calls.append(key_hash)
+        return await original_lookup(key_hash)
+
+    cluster.lookup = counting_lookup  # type: ignore[method-assign]
+    identities = await asyncio.gather(*(verifier.verify(key) for _, key in known))
+    assert [i.key_id for i in identities] == [record.id for record, _ in known]
+    assert len(calls) == 4
+
+
 async def test_an_expired_key_in_the_cache_is_refused_as_expired(
     verifier: Verifier, make_key: KeyMaker
 ) -> None:
@@ -377,3 +488,37 @@ async def test_store_unavailable_is_never_reported_as_an_auth_failure(
     monkeypatch.setattr(store, "lookup", broken)
     with pytest.raises(StoreUnavailable):
         await verifier.verify(unknown_key())
+
+
+async def test_a_redis_error_during_a_batch_fails_each_lookup_alike(
+    settings: Settings,
+    store: KeyStore,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys verified before are served stale; the others get StoreUnavailable."""
+    uncached = settings.model_copy(update={"cache_ttl_seconds": 0.0})
+    verifier = Verifier.from_settings(uncached, store)
+    known = [await make_key() for _ in range(2)]
+    for _, key in known:
+        await verifier.verify(key)
+    make_pipeline = store.redis.pipeline
+
+    def broken_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = make_pipeline(*args, **kwargs)
+
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise RedisConnectionError("Connection refused.")
+
+        pipe.execute = refuse
+        return pipe
+
+    monkeypatch.setattr(store.redis, "pipeline", broken_pipeline)
+    burst = [key for _, key in known] + [unknown_key(), unknown_key()]
+    results = await asyncio.gather(
+        *(verifier.verify(key) for key in burst), return_exceptions=True
+    )
+
+    assert [r.key_id for r in results[:2]] == [r.id for r, _ in known]  # type: ignore[union-attr]
+    assert all(isinstance(r, StoreUnavailable) for r in results[2:])
+    assert (verifier.stale_served, verifier.redis_errors) == (2, 4)

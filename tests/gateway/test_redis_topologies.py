@@ -1,0 +1,257 @@
+"""The store, the verifier and invalidations on Sentinel and on Cluster.
+
+Each test starts its own servers on free ports of 127.0.0.1: one master and
+one sentinel (quorum 1), or three cluster masters without replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.invalidation import InvalidationSubscriber
+from gateway.problems import AuthError
+from gateway.redis_client import open_redis
+from gateway.settings import Settings
+from gateway.store import store_from_settings
+from gateway.verifier import Verifier
+from tests.conftest import PEPPER, free_port, record_process_output, require_binary
+
+pytestmark = pytest.mark.redis
+
+MASTER_NAME = "rpa-main"
+IN_A_MONTH = time.time() + 30 * 86400
+
+
+class Servers:
+    """Redis processes of one test, all stopped however the test ends."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.processes: list[asyncio.subprocess.Process] = []
+
+    async def start(self, name: str, *args: str, ready: bytes) -> None:
+        """Start one server and wait for the log line that says it is up."""
+        workdir = self.directory / name
+        workdir.mkdir()
+        process = await asyncio.create_subprocess_exec(
+            self.binary,
+            *args,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        seen = []
+        async with asyncio.timeout(10):
+            while ready not in (line := await process.stdout.readline()):
+                assert line, f"{name} exited during start-up: {b''.join(seen)!r}"
+                seen.append(line)
+        # Keep reading, or a full pipe would block the server's logging.
+        asyncio.get_running_loop().create_task(self._drain(name, process))
+
+    @staticmethod
+    async def _drain(name: str, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        lines = [line.decode(errors="replace") async for line in process.stdout]
+        record_process_output(name, "".join(lines))
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        for process in self.processes:
+            await process.wait()
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
+    started = Servers(require_binary("redis-server"), tmp_path)
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+@pytest.fixture
+async def sentinel_url(servers: Servers, tmp_path: Path) -> str:
+    """A master and one sentinel watching it; the URL names the sentinel."""
+    master, sentinel = free_port(), free_port()
+    await servers.start(
+        "master", "--port", str(master), ready=b"Ready to accept connections"
+    )
+    config = tmp_path / "sentinel.conf"
+    config.write_text(
+        f"port {sentinel}\n"
+        f"sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 1\n"
+        f"sentinel down-after-milliseconds {MASTER_NAME} 5000\n"
+    )
+    await servers.start("sentinel", str(config), "--sentinel", ready=b"+monitor master")
+    return f"redis://127.0.0.1:{sentinel}/0"
+
+
+@pytest.fixture
+async def cluster_url(servers: Servers) -> str:
+    """Three masters sharing the slots; the URL names two of them as seeds."""
+    ports = [free_port() for _ in range(3)]
+    for port in ports:
+        await servers.start(
+            f"node-{port}",
+            "--port",
+            str(port),
+            # The bus port defaults to port + 10000, which may be taken or
+            # beyond 65535 for an ephemeral port.
+            "--cluster-port",
+            str(free_port()),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            ready=b"Ready to accept connections",
+        )
+    create = await asyncio.create_subprocess_exec(
+        require_binary("redis-cli"),
+        "--cluster",
+        "create",
+        *(f"127.0.0.1:{port}" for port in ports),
+        "--cluster-replicas",
+        "0",
+        "--cluster-yes",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(20):
+        output, _ = await create.communicate()
+    assert create.returncode == 0, output.decode(errors="replace")
+    async with asyncio.timeout(10):
+        for port in ports:
+            await _until_cluster_ok(port)
+    return f"redis://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+
+
+async def _until_cluster_ok(port: int) -> None:
+    node = aioredis.Redis(port=port, decode_responses=True)
+    try:
+        # No event announces it: the nodes agree on the slots by gossip.
+        while (await node.cluster("INFO")).get("cluster_state") != "ok":
+            await asyncio.sleep(0.1)
+    finally:
+        await node.aclose()
+
+
+class Watched(InvalidationSubscriber):
+    """Lets a test await each invalidation message it handles."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.handled = asyncio.Queue[str]()
+
+    def handle(self, data: str) -> None:
+        super().handle(data)
+        self.handled.put_nowait(data)
+
+
+def topology_settings(url: str, **topology: Any) -> Settings:
+    return Settings(
+        key_pepper=PEPPER,
+        namespace="topo",
+        redis_url=url,
+        upstream_url="http://127.0.0.1:9",
+        **topology,
+    )
+
+
+async def exercise_store(settings: Settings, *, atomic: bool) -> None:
+    """Users and keys, verification, and a revoke evicting the cache entry."""
+    store = store_from_settings(settings)
+    assert store.atomic is atomic
+    verifier = Verifier.from_settings(settings, store)
+    subscriber = Watched(store.redis, store.channel, verifier.cache)
+    subscriber.start()
+    try:
+        await asyncio.wait_for(subscriber.subscribed.wait(), 5)
+        await store.add_user("alice", "Alice", ["user_api_key.create"])
+        first, plaintext = await store.create_key(
+            "alice", name="robot", expires_at=IN_A_MONTH
+        )
+        second, _ = await store.create_key(
+            "alice", name="backup", expires_at=IN_A_MONTH
+        )
+        everyone = await store.list_keys()
+        assert [record.id for record in everyone] == [first.id, second.id]
+        edited = await store.edit_key(first.id, name="robot-2", description="d")
+        assert (edited.name, edited.description) == ("robot-2", "d")
+        assert [record.name for record in await store.list_keys("alice")] == [
+            "robot-2",
+            "backup",
+        ]
+        # The create and the edit each announced the key: let both arrive
+        # before the cache is filled, or they would evict the entry.
+        await handled(subscriber, f"k:{first.key_hash}", times=2)
+
+        identity = await verifier.verify(plaintext)
+        assert (identity.key_id, identity.user_id) == (first.id, "alice")
+        assert verifier.cache.get(first.key_hash) is not None
+
+        await store.revoke_key(first.id)
+        await handled(subscriber, f"k:{first.key_hash}")
+        assert verifier.cache.get(first.key_hash) is None
+        with pytest.raises(AuthError):
+            await verifier.verify(plaintext)
+        remaining = await store.list_keys("alice")
+        assert [record.id for record in remaining] == [second.id]
+        assert await store.remove_user("alice") == 1
+        assert await store.list_keys() == []
+        assert await store.list_users() == []
+    finally:
+        await subscriber.stop()
+        await store.redis.aclose()
+
+
+async def handled(subscriber: Watched, message: str, *, times: int = 1) -> None:
+    """Wait until the subscriber has handled ``message`` that many times."""
+    async with asyncio.timeout(5):
+        while times:
+            if await subscriber.handled.get() == message:
+                times -= 1
+
+
+async def test_sentinel_serves_the_store_verifier_and_invalidations(
+    sentinel_url: str,
+) -> None:
+    settings = topology_settings(sentinel_url, redis_sentinel_master=MASTER_NAME)
+    await exercise_store(settings, atomic=True)
+
+
+async def test_cluster_serves_the_store_verifier_and_invalidations(
+    cluster_url: str,
+) -> None:
+    settings = topology_settings(cluster_url, redis_cluster=True)
+    await exercise_store(settings, atomic=False)
+
+
+async def test_cluster_spreads_one_key_over_several_nodes(cluster_url: str) -> None:
+    """So the writes above did cross slots, where MULTI/EXEC would fail."""
+    client = open_redis(topology_settings(cluster_url, redis_cluster=True)).client
+    try:
+        await client.initialize()
+        names = ["topo:k:some-hash", "topo:id:some-id", "topo:keys", "topo:users"]
+        assert len({client.get_node_from_key(name).name for name in names}) > 1
+    finally:
+        await client.aclose()
