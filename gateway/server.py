@@ -97,10 +97,35 @@ class Context:
 
     async def start(self) -> None:
         self.subscriber.start()
+        await self.report_persistence()
         self._tasks = [
             asyncio.create_task(self._every(USED_FLUSH_SECONDS, self.flush_used)),
             asyncio.create_task(self._every(METRICS_SYNC_SECONDS, self._sync)),
         ]
+
+    async def report_persistence(self) -> None:
+        """Say at start-up whether Redis keeps keys and users across a restart."""
+        if self.settings.redis_url.get_secret_value().startswith("memory://"):
+            return  # the demo's store, which says so itself
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                durable, how = await self.store.persistence()
+        except (StoreUnavailable, TimeoutError):
+            error_logger.warning(
+                "Could not ask Redis whether it persists data: it is unreachable."
+            )
+            return
+        if durable:
+            error_logger.info("Redis persistence: %s.", how)
+        elif durable is None:
+            error_logger.warning("Cannot tell whether Redis persists data: %s.", how)
+        else:
+            error_logger.warning(
+                "Redis does not persist data (%s): a restart of Redis loses every "
+                "key and user. Run it with config/redis.conf (AOF, appendfsync "
+                "everysec).",
+                how,
+            )
 
     async def aclose(self) -> None:
         for task in self._tasks:

@@ -131,3 +131,18 @@ async def test_the_admin_listener_serves_metrics_first(context: Context) -> None
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert "rpa_gateway_auth_seconds_bucket" in response.text
+
+
+async def test_serve_reports_at_start_up_whether_redis_persists_data(
+    serving_gateway: tuple[GatewayProcess, str, str], real_store: KeyStore
+) -> None:
+    process, _, _ = serving_gateway
+    durable, how = await real_store.persistence()
+    if durable is False:
+        # The machine's own Redis keeps nothing on disk: the warning is loud.
+        await process.wait_for("Redis does not persist data", stream="stderr")
+    else:
+        await process.wait_for(
+            "Redis persistence:" if durable else "Cannot tell", stream="stderr"
+        )
+    assert any(how in line for line in process.lines["stderr"])
