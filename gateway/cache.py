@@ -12,11 +12,13 @@ so a lookup that raced a revocation can never put the revoked key back.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+# Named tuples rather than frozen dataclasses: both are made on every cache
+# miss, and a tuple is built in C where a frozen dataclass's __init__ sets
+# each field through object.__setattr__.
+class Identity(NamedTuple):
     """Who a verified key belongs to."""
 
     key_id: str
@@ -24,8 +26,7 @@ class Identity:
     expires_at: float  # wall-clock seconds
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     identity: Identity | None  # None: the key is unknown
     fresh_until: float  # monotonic seconds
     stale_until: float

@@ -180,10 +180,7 @@ class Verifier:
         # on keeps this batch's answers out of the cache.
         generation = self.cache.generation
         try:
-            if len(batch) == 1:  # a lone miss needs no pipeline
-                found = [await self.store.lookup(*batch)]
-            else:
-                found = await self.store.lookup_many(list(batch))
+            found = await self.store.identities(list(batch))
         except asyncio.CancelledError:
             for future in batch.values():
                 future.cancel()
@@ -192,8 +189,7 @@ class Verifier:
             for future in batch.values():
                 future.set_exception(exc)
             return
-        for (key_hash, future), answer in zip(batch.items(), found, strict=True):
-            identity = _identity(answer)
+        for (key_hash, future), identity in zip(batch.items(), found, strict=True):
             self.cache.put(key_hash, identity, generation)
             future.set_result(identity)
 

@@ -151,10 +151,10 @@ async def test_nginx_rejects_a_key_once_it_is_revoked(
 async def test_nginx_says_503_when_the_gateway_cannot_check_keys(
     through_nginx: str, context: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def unreachable(key_hash: str) -> Any:
+    async def unreachable(hashes: list[str]) -> Any:
         raise StoreUnavailable("The key store cannot be reached.")
 
-    monkeypatch.setattr(context.store, "lookup", unreachable)
+    monkeypatch.setattr(context.store, "identities", unreachable)
     key = keys.generate_key()
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.get(f"{through_nginx}/x", headers=bearer(key))

@@ -167,15 +167,15 @@ async def test_revoking_while_many_lookups_are_in_flight_never_reinserts_the_key
     key_hash = store.hash_key(key)
     read_done = asyncio.Event()
     release = asyncio.Event()
-    original_lookup = store.lookup
+    original_lookup = store.identities
 
-    async def slow_lookup(wanted: str) -> Any:
+    async def slow_lookup(wanted: list[str]) -> Any:
         found = await original_lookup(wanted)
         read_done.set()
         await release.wait()
         return found
 
-    monkeypatch.setattr(store, "lookup", slow_lookup)
+    monkeypatch.setattr(store, "identities", slow_lookup)
     evicted = asyncio.Event()
     original_handle = subscribed.handle
 
@@ -197,7 +197,7 @@ async def test_revoking_while_many_lookups_are_in_flight_never_reinserts_the_key
     # what must never happen is the stale answer landing in the cache.
     assert all(not isinstance(r, BaseException) or r is INVALID for r in results)
     assert verifier.cache.get(key_hash) is None
-    monkeypatch.setattr(store, "lookup", original_lookup)
+    monkeypatch.setattr(store, "identities", original_lookup)
     with pytest.raises(AuthError) as refused:
         await verifier.verify(key)
     assert refused.value is INVALID
@@ -275,17 +275,17 @@ async def test_revoking_during_a_batched_lookup_never_reinserts_the_key(
     revoked_hash = store.hash_key(revoked_key)
     read_done = asyncio.Event()
     release = asyncio.Event()
-    original_lookup_many = store.lookup_many
+    original_identities = store.identities
     batches: list[int] = []
 
-    async def slow_lookup_many(hashes: list[str]) -> Any:
+    async def slow_identities(hashes: list[str]) -> Any:
         batches.append(len(hashes))
-        found = await original_lookup_many(hashes)
+        found = await original_identities(hashes)
         read_done.set()
         await release.wait()
         return found
 
-    monkeypatch.setattr(store, "lookup_many", slow_lookup_many)
+    monkeypatch.setattr(store, "identities", slow_identities)
     evicted = asyncio.Event()
     original_handle = subscribed.handle
 
@@ -306,7 +306,7 @@ async def test_revoking_during_a_batched_lookup_never_reinserts_the_key(
 
     assert batches == [5]
     assert verifier.cache.get(revoked_hash) is None
-    monkeypatch.setattr(store, "lookup_many", original_lookup_many)
+    monkeypatch.setattr(store, "identities", original_identities)
     with pytest.raises(AuthError) as refused:
         await verifier.verify(revoked_key)
     assert refused.value is INVALID
@@ -482,10 +482,10 @@ async def test_the_gateway_recovers_by_itself_when_redis_returns(
 async def test_store_unavailable_is_never_reported_as_an_auth_failure(
     verifier: Verifier, store: KeyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(key_hash: str) -> Any:
+    async def broken(hashes: list[str]) -> Any:
         raise StoreUnavailable("The key store cannot be reached.")
 
-    monkeypatch.setattr(store, "lookup", broken)
+    monkeypatch.setattr(store, "identities", broken)
     with pytest.raises(StoreUnavailable):
         await verifier.verify(unknown_key())
 
