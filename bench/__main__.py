@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--redis-url",
-        default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
-        help="the Redis to use; the run works in a namespace of its own",
+        default=os.environ.get("BENCH_REDIS_URL"),
+        help="a Redis to use instead of the run's own redis-server on the "
+        "load CPUs; the run works in a namespace of its own",
     )
     parser.add_argument(
         "--gateway-setting",

@@ -28,7 +28,13 @@ from typing import Any
 from bench import configs, keypool, memory, profile, report, revocation
 from bench.configs import Environment, Setup
 from bench.nginx import UPSTREAM_BODY, nginx_binary
-from bench.procs import Supervisor, pinned, pinning_available
+from bench.procs import (
+    Supervisor,
+    free_port,
+    pinned,
+    pinning_available,
+    wait_for_port,
+)
 from bench.throughput import Plan, measure
 from bench.wrk import run_wrk
 
@@ -45,7 +51,7 @@ class Options:
     warmup: float
     connections: tuple[int, ...]
     names: tuple[str, ...]
-    redis_url: str
+    redis_url: str | None
     miss_keys: int
     revocations: int
     cached_keys: int
@@ -67,12 +73,13 @@ def log(line: str) -> None:
 
 
 def check_tools(options: Options) -> None:
-    missing = [tool for tool in ("wrk", "nginx") if not _tool(tool)]
+    tools = ["wrk", "nginx"] + ([] if options.redis_url else ["redis-server"])
+    missing = [tool for tool in tools if not _tool(tool)]
     if missing:
         raise SetupError(
             f"{' and '.join(missing)} not found. Install them with "
-            "'sudo apt-get install wrk nginx-light' (Debian, Ubuntu) or your "
-            "distribution's packages, then run again."
+            "'sudo apt-get install wrk nginx-light redis-server' (Debian, Ubuntu) "
+            "or your distribution's packages, then run again."
         )
     needs_gateway = options.extras or any(
         name in configs.GATEWAY_NAMES for name in options.names
@@ -111,18 +118,44 @@ async def _redis_pid(url: str) -> int | None:
     return pid if local else None
 
 
+def _private_redis(supervisor: Supervisor, cpus: str | None) -> str:
+    """A Redis of the run's own, on the load CPUs like the upstream.
+
+    The machine's Redis floats between CPUs; on the proxy's CPU its work on
+    every cache miss would be charged to the gateway. Nothing is persisted.
+    """
+    port = free_port()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    service = supervisor.start("redis", command, cpus=cpus)
+    wait_for_port(service, port)
+    log(f"Started a private Redis on 127.0.0.1:{port}.")
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def run(options: Options) -> dict[str, Any]:
     check_tools(options)
-    redis_pid = asyncio.run(_redis_pid(options.redis_url))
     pinning = pinning_available()
     proxy_cpus, load_cpus = (PROXY_CPUS, LOAD_CPUS) if pinning else (None, None)
     if pinning:
         # The harness itself stays off the proxy's CPU.
         os.sched_setaffinity(0, {int(LOAD_CPUS)})
     run_dir = Path(tempfile.mkdtemp(prefix="rpa-bench-"))
-    pool = keypool.new_pool(options.redis_url, run_dir)
+    supervisor = Supervisor(run_dir)
+    redis_url = options.redis_url or _private_redis(supervisor, load_cpus)
+    redis_pid = asyncio.run(_redis_pid(redis_url))
+    pool = keypool.new_pool(redis_url, run_dir)
     env = Environment(
-        supervisor=Supervisor(run_dir),
+        supervisor=supervisor,
         run_dir=run_dir,
         pool=pool,
         proxy_cpus=proxy_cpus,
@@ -137,10 +170,13 @@ def run(options: Options) -> dict[str, Any]:
         result = _measure_all(options, env, redis_pid)
         ok = True
     finally:
-        env.supervisor.stop_all()
-        keypool.forget_key_files(pool)
-        deleted = asyncio.run(keypool.drop_namespace(options.redis_url, pool.namespace))
-        log(f"Deleted {deleted} Redis keys of namespace '{pool.namespace}'.")
+        try:
+            # Before stop_all: the run's own Redis is one of its services.
+            deleted = asyncio.run(keypool.drop_namespace(redis_url, pool.namespace))
+            log(f"Deleted {deleted} Redis keys of namespace '{pool.namespace}'.")
+        finally:
+            env.supervisor.stop_all()
+            keypool.forget_key_files(pool)
         if ok and not options.keep_run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
