@@ -86,7 +86,8 @@ class Stack:
             await context.subscriber.subscribed.wait()
             assert self.live is not None
             self.live.cleanups.append(context.aclose)
-        self.live.cleanups.insert(0, self._drop)
+        # Last: closing a context writes last-used times into the namespace.
+        self.live.cleanups.append(self._drop)
         return [
             build_admin_app(admin),
             build_gateway_app(edge),
