@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.store import KeyStore, open_redis
+from gateway.redis_client import open_redis
+from gateway.store import KeyStore
 
 USER_ID = "bench-user"
 KEY_LIFETIME_SECONDS = 86_400
@@ -44,7 +45,7 @@ class KeyPool:
 
     def store(self) -> KeyStore:
         return KeyStore(
-            open_redis(self.redis_url), self.namespace, self.pepper.encode()
+            open_redis(self.redis_url).client, self.namespace, self.pepper.encode()
         )
 
 
@@ -106,7 +107,7 @@ def forget_key_files(pool: KeyPool) -> None:
 
 async def drop_namespace(redis_url: str, namespace: str) -> int:
     """Delete every Redis key under the namespace; the count deleted."""
-    redis = open_redis(redis_url)
+    redis = open_redis(redis_url).client
     deleted = 0
     try:
         batch: list[str] = []

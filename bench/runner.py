@@ -99,9 +99,9 @@ def _tool(name: str) -> bool:
 
 async def _redis_pid(url: str) -> int | None:
     """Redis's process id when it runs on this machine, for CPU accounting."""
-    from gateway.store import open_redis
+    from gateway.redis_client import open_redis
 
-    redis = open_redis(url)
+    redis = open_redis(url).client
     try:
         info = await redis.info("server")
     except Exception as exc:

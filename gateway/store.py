@@ -650,12 +650,6 @@ class KeyStore:
         return False, "none: AOF and RDB are both off"
 
 
-def open_redis(url: str) -> Redis:
-    """A client for one Redis; ``memory://`` is an in-process one (the demo)."""
-    client: Redis = redis_client.open_redis(url).client
-    return client
-
-
 def store_from_settings(settings: Settings, redis: Redis | None = None) -> KeyStore:
     """The store on the settings' topology: one Redis, Sentinel or Cluster."""
     if redis is None:
