@@ -10,7 +10,8 @@ import pytest
 
 from gateway.cache import Identity, KeyCache
 from gateway.invalidation import InvalidationSubscriber
-from gateway.store import PRIVILEGES, KeyStore, open_redis
+from gateway.redis_client import open_redis
+from gateway.store import PRIVILEGES, KeyStore
 from tests.gateway.conftest import PrivateRedis
 
 FAR = 4102444800.0
@@ -96,7 +97,7 @@ async def test_store_changes_publish_the_messages_the_subscriber_needs(
 async def test_a_lost_subscription_expires_the_cache_and_the_reconnect_clears_it(
     private_redis: PrivateRedis,
 ) -> None:
-    redis = open_redis(private_redis.url)
+    redis = open_redis(private_redis.url).client
     subscriber = InvalidationSubscriber(redis, "ns:invalidate", filled_cache())
     subscriber.start()
     try:
