@@ -123,6 +123,17 @@ def _mib(value: int | None) -> str:
     return "n/a" if not value else f"{value / 1048576:.1f}"
 
 
+def _cpu(per_service: Mapping[str, float] | None) -> str:
+    """Total CPU per request, and each process's share when there are several."""
+    if not per_service or "total" not in per_service:
+        return "n/a"
+    parts = [(k, v) for k, v in per_service.items() if k != "total"]
+    total = f"{per_service['total']:.1f}"
+    if len(parts) < 2:
+        return total
+    return total + " (" + " + ".join(f"{k} {v:.1f}" for k, v in parts) + ")"
+
+
 def _verdict(met: bool | None) -> str:
     return {True: "met", False: "**missed**", None: "not measured"}[met]
 
@@ -157,15 +168,16 @@ def markdown(result: Mapping[str, Any]) -> str:
         "## Configurations",
         "",
         "| configuration | connections | requests/s | p50 ms | p99 ms | errors "
-        "| peak RSS MiB | foreign CPU % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPU us/request | peak RSS MiB | foreign CPU % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, config in result["configurations"].items():
         for connections, entry in config["connections"].items():
             lines.append(
                 f"| {name} | {connections} | {_number(entry['rps'])} "
                 f"| {entry['p50_ms']:.2f} | {entry['p99_ms']:.2f} "
-                f"| {entry['errors']} | {_mib(config.get('peak_rss_bytes'))} "
+                f"| {entry['errors']} | {_cpu(entry.get('cpu_us_per_request'))} "
+                f"| {_mib(config.get('peak_rss_bytes'))} "
                 f"| {_number(entry.get('foreign_cpu_pct'))} |"
             )
     lines += _other_figures(result)

@@ -375,6 +375,10 @@ def _notes(options: Options) -> list[str]:
         f"{options.quiet_budget:g} s over the whole run.",
         "Peak RSS is the sum of VmHWM over the configuration's processes and "
         "their children (nginx master and worker, gateway workers).",
+        "CPU us/request is the user and system CPU time of the configuration's "
+        "own processes (not wrk, the upstream or Redis) during a run divided "
+        "by its requests, median of the rounds; other load on the machine "
+        "stretches wall-clock figures much more than this one.",
     ]
 
 

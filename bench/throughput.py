@@ -48,6 +48,7 @@ class Series:
 
     runs: list[WrkResult] = field(default_factory=list)
     noise: list[dict[str, Any]] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         runs = self.runs
@@ -60,13 +61,49 @@ class Series:
             "foreign_cpu_pct": statistics.median(
                 n["foreign_cpu_pct"] for n in self.noise
             ),
+            "cpu_us_per_request": _median_cpu(self.cpu),
             "rps_min": round(min(r.rps for r in runs), 1),
             "rps_max": round(max(r.rps for r in runs), 1),
             "runs": [
-                {**r.as_dict(), **noise}
-                for r, noise in zip(runs, self.noise, strict=True)
+                {**r.as_dict(), **noise, "cpu_us_per_request": cpu}
+                for r, noise, cpu in zip(runs, self.noise, self.cpu, strict=True)
             ],
         }
+
+
+def _median_cpu(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Per process (and in all), the median CPU time per request."""
+    names = runs[0] if runs else {}
+    return {
+        name: round(statistics.median(run[name] for run in runs), 2) for name in names
+    }
+
+
+def service_seconds(setup: Setup) -> dict[str, float]:
+    """CPU seconds used so far by each service's process tree."""
+    return {
+        service.name: sum(cpustat.process_seconds(pid) for pid in service.tree())
+        for service in setup.services
+    }
+
+
+def cpu_per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    """Microseconds of CPU per request, per service and ``total``.
+
+    Other load on the machine stretches a run's wall-clock time but hardly
+    the CPU time each process needs for a request, so this figure tells a
+    slow configuration from a busy machine. Children that exited during the
+    run are not counted (the services keep theirs for the whole run).
+    """
+    if requests <= 0:
+        return {}
+    used = {
+        name: max(0.0, after.get(name, 0.0) - start) for name, start in before.items()
+    }
+    used["total"] = sum(used.values())
+    return {name: round(seconds * 1e6 / requests, 2) for name, seconds in used.items()}
 
 
 def preflight(setup: Setup) -> None:
@@ -91,8 +128,9 @@ def preflight(setup: Setup) -> None:
 
 def _run(
     setup: Setup, plan: Plan, connections: int, duration: float
-) -> tuple[WrkResult, dict[str, Any]]:
+) -> tuple[WrkResult, dict[str, Any], dict[str, float]]:
     window = cpustat.Window.open(plan.extra_pids)
+    started = service_seconds(setup)
     result = run_wrk(
         setup.url,
         connections=connections,
@@ -104,7 +142,8 @@ def _run(
     for service in setup.services:
         if not service.alive():
             raise service.fail("died during a load run")
-    return result, window.close(plan.extra_pids)
+    cpu = cpu_per_request(started, service_seconds(setup), result.requests)
+    return result, window.close(plan.extra_pids), cpu
 
 
 def measure(setups: Sequence[Setup], plan: Plan) -> dict[str, dict[int, Series]]:
@@ -124,16 +163,18 @@ def measure(setups: Sequence[Setup], plan: Plan) -> dict[str, dict[int, Series]]
         for setup in order:
             for connections in counts:
                 budget -= _settle(plan, budget)
-                result, noise = _run(setup, plan, connections, plan.duration)
+                result, noise, cpu = _run(setup, plan, connections, plan.duration)
                 series = results[setup.name][connections]
                 series.runs.append(result)
                 series.noise.append(noise)
+                series.cpu.append(cpu)
                 done += 1
                 _progress(
                     f"[{done}/{total}] round {round_index + 1}  {setup.name:<21}"
                     f" c={connections:<4} {result.rps:>9,.0f} rps"
                     f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-                    f"  errors {result.errors}  {_noise_text(noise)}"
+                    f"  errors {result.errors}  cpu/req {cpu.get('total', 0):.0f} us"
+                    f"  {_noise_text(noise)}"
                 )
     return results
 

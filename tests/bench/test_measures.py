@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench import cpustat, profile
+from bench import cpustat, profile, throughput
 from bench.stats import percentile
+from bench.wrk import WrkResult
 
 STAT_BEFORE = """cpu  10 0 10 100 0 0 0 0 0 0
 cpu0 5 0 5 50 0 0 0 0 0 0
@@ -52,3 +53,28 @@ def test_profile_summary_counts_self_and_inclusive_time() -> None:
     assert " 75.0%  handle (aiohttp/web.py)" in text
     assert "100.0%  main (/x/app.py)" in text
     assert " 25.0%  log (logging/__init__.py)" in text
+
+
+def test_cpu_per_request_is_per_process_and_in_all() -> None:
+    before = {"front-nginx": 1.0, "auth": 2.0}
+    after = {"front-nginx": 1.5, "auth": 3.0}
+    per_request = throughput.cpu_per_request(before, after, 20_000)
+    assert per_request == {"front-nginx": 25.0, "auth": 50.0, "total": 75.0}
+    # A process that went away counts nothing rather than a negative time.
+    assert throughput.cpu_per_request(before, {"auth": 2.5}, 10_000) == {
+        "front-nginx": 0.0,
+        "auth": 50.0,
+        "total": 50.0,
+    }
+    assert throughput.cpu_per_request(before, after, 0) == {}
+
+
+def test_series_summary_takes_the_median_cpu_of_the_rounds() -> None:
+    series = throughput.Series()
+    for rps, auth in ((100.0, 30.0), (110.0, 50.0), (90.0, 31.0)):
+        series.runs.append(WrkResult(1000, 10.0, rps, 1.0, 2.0, 3.0, 4.0, 0, 0, 0))
+        series.noise.append({"foreign_cpu_pct": 1.0, "steal_pct": {}})
+        series.cpu.append({"auth": auth, "total": auth + 10})
+    summary = series.summary()
+    assert summary["cpu_us_per_request"] == {"auth": 31.0, "total": 41.0}
+    assert summary["runs"][1]["cpu_us_per_request"] == {"auth": 50.0, "total": 60.0}

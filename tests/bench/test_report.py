@@ -12,7 +12,13 @@ from bench import report
 
 
 def _config(rps32: float, p99: float) -> dict[str, Any]:
-    entry = {"rps": rps32, "p50_ms": 1.0, "p99_ms": p99, "errors": 0}
+    entry = {
+        "rps": rps32,
+        "p50_ms": 1.0,
+        "p99_ms": p99,
+        "errors": 0,
+        "cpu_us_per_request": {"front": 20.0, "auth": 30.5, "total": 50.5},
+    }
     return {
         "description": "a configuration",
         "connections": {"32": entry, "128": {**entry, "rps": rps32 * 1.1}},
@@ -97,6 +103,7 @@ def test_unmeasured_target_is_none() -> None:
 def test_markdown_names_every_target_and_configuration() -> None:
     text = report.markdown(_result())
     assert "| gateway_miss / gateway | 0.526 | >= 0.6 | **missed** |" in text
+    assert "| 50.5 (front 20.0 + auth 30.5) |" in text
     for name in CONFIGS:
         assert f"| {name} | 32 |" in text
     assert "p99 60.00 ms" in text
