@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from bisect import bisect_left
-from datetime import UTC, datetime
 from typing import IO
 
 import orjson
@@ -161,6 +161,21 @@ class BatchedHistogram:
                 bucket.inc(count)
 
 
+AccessEntry = tuple[
+    float,
+    str,
+    str,
+    str,
+    int,
+    float,
+    float | None,
+    str,
+    str | None,
+    str | None,
+    str | None,
+]
+
+
 def log_access(
     request_id: str,
     method: str,
@@ -176,9 +191,73 @@ def log_access(
     """Write the request's one access line, if the access log is on."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
-    line = orjson.dumps(
+    entry: AccessEntry = (
+        time.time(),
+        request_id,
+        method,
+        path,
+        status,
+        duration,
+        upstream_duration,
+        outcome,
+        user_id,
+        key_id,
+        client,
+    )
+    handlers = access_logger.handlers
+    if len(handlers) == 1 and handlers[0] is _direct:
+        # The configured batching handler alone: it gets the fields and
+        # makes the line when it writes its batch. A LogRecord per request
+        # cost about a quarter of the gateway's own CPU per request, and
+        # making each line at once another 7 microseconds of 34 per
+        # forward-auth answer under wrk, against 3 when timed alone.
+        _direct.add_entry(entry)
+    else:
+        access_logger.info("%s", access_line(entry))
+
+
+class _Clock:
+    """RFC 3339 UTC times to the millisecond, each made once."""
+
+    __slots__ = ("_millis", "_prefix", "_second", "_text")
+
+    def __init__(self) -> None:
+        self._millis = self._second = -1
+        self._text = self._prefix = ""
+
+    def text(self, moment: float) -> str:
+        millis = int(moment * 1000)
+        if millis != self._millis:
+            second, part = divmod(millis, 1000)
+            if second != self._second:
+                self._second = second
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._millis = millis
+            self._text = f"{self._prefix}{part:03d}Z"
+        return self._text
+
+
+_clock = _Clock()
+
+
+def access_line(entry: AccessEntry) -> str:
+    """One access line as JSON: the fields in the order the log documents."""
+    (
+        moment,
+        request_id,
+        method,
+        path,
+        status,
+        duration,
+        upstream_duration,
+        outcome,
+        user_id,
+        key_id,
+        client,
+    ) = entry
+    return orjson.dumps(
         {
-            "time": datetime.now(UTC),
+            "time": _clock.text(moment),
             "request_id": request_id,
             "method": method,
             "path": path,
@@ -195,14 +274,6 @@ def log_access(
             "client": client,
         }
     ).decode()
-    handlers = access_logger.handlers
-    if len(handlers) == 1 and handlers[0] is _direct:
-        # The configured batching handler alone: hand it the line without
-        # building a LogRecord, which cost about a quarter of the gateway's
-        # own CPU per request in a profile under wrk.
-        _direct.add(line)
-    else:
-        access_logger.info("%s", line)
 
 
 class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -218,16 +289,17 @@ class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
-        self._pending: list[str] = []
+        self._pending: list[str | AccessEntry] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.add(record.getMessage())
+            self.add_entry(record.getMessage())
         except Exception:
             self.handleError(record)
 
-    def add(self, line: str) -> None:
-        self._pending.append(line)
+    def add_entry(self, entry: str | AccessEntry) -> None:
+        """A finished line, or the fields of one to be made at write time."""
+        self._pending.append(entry)
         if len(self._pending) >= self.batch:
             self._write()
 
@@ -240,7 +312,11 @@ class AccessLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _write(self) -> None:
         if self._pending:
-            lines, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
+            lines = [
+                entry if type(entry) is str else access_line(entry)  # type: ignore[arg-type]
+                for entry in pending
+            ]
             self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
 import pytest
 
-from gateway import keys
+from gateway import keys, observability
 from gateway.server import Context
 from tests.conftest import PEPPER, secret_leaks
 from tests.gateway.conftest import KeyMaker, bearer
@@ -124,3 +128,62 @@ def test_batched_histograms_expose_exactly_what_direct_observations_would() -> N
     batched.flush()
     batched.flush()  # an empty flush adds nothing
     assert samples(batched_registry) == samples(direct_registry)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    loggers = [logging.getLogger(), observability.access_logger]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+def test_batched_access_lines_are_made_at_write_time_in_order(
+    restore_logging: None,
+) -> None:
+    stream = io.StringIO()
+    observability.configure_logging("warning", True, stream=stream)
+    before = datetime.now(UTC)
+    observability.log_access(
+        "id-1",
+        "GET",
+        '/odd "path"\\é',
+        200,
+        0.0012345,
+        None,
+        "auth-allowed",
+        "alice",
+        "k1",
+        "127.0.0.1",
+    )
+    observability.access_logger.info("%s", '{"already":"made"}')
+    observability.log_access(
+        "id-2", "POST", "/rpa/x", 502, 0.5, 0.25, "upstream-refused", None, None, None
+    )
+    assert stream.getvalue() == ""  # nothing is written per request
+    observability.flush_access_log()
+    first, made, second = (
+        orjson.loads(line) for line in stream.getvalue().splitlines()
+    )
+    assert set(first) == FIELDS and set(second) == FIELDS
+    assert first["path"] == '/odd "path"\\é' and first["duration_ms"] == 1.234
+    assert first["upstream_ms"] is None and first["user_id"] == "alice"
+    assert made == {"already": "made"}
+    assert second["status"] == 502 and second["upstream_ms"] == 250.0
+    assert second["client"] is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    logged = datetime.fromisoformat(first["time"].replace("Z", "+00:00"))
+    assert before - timedelta(seconds=0.001) <= logged <= datetime.now(UTC)
+
+
+def test_access_log_off_writes_nothing(restore_logging: None) -> None:
+    stream = io.StringIO()
+    observability.configure_logging("warning", False, stream=stream)
+    observability.log_access(
+        "id-1", "GET", "/x", 200, 0.001, None, "proxied", "alice", "k1", "127.0.0.1"
+    )
+    observability.flush_access_log()
+    assert stream.getvalue() == ""
