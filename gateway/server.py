@@ -34,7 +34,7 @@ from starlette.routing import Mount, Route
 
 from admin.app import create_app
 from gateway.forward_auth import ForwardAuth
-from gateway.headers import request_id_from
+from gateway.headers import RawHeaders, request_id_from
 from gateway.invalidation import InvalidationSubscriber
 from gateway.observability import (
     MULTIPROC_ENV,
@@ -48,7 +48,7 @@ from gateway.problems import GatewayError, NotFound, StoreUnavailable
 from gateway.proxy import Proxy, Receive, Scope, Send, client_host, send_problem
 from gateway.settings import Settings
 from gateway.store import KeyStore, store_from_settings
-from gateway.transport import CoalescingHttpToolsProtocol
+from gateway.transport import EdgeProtocol
 from gateway.upstream import Upstream
 from gateway.verifier import Verifier
 
@@ -188,6 +188,10 @@ class Context:
             raise NotReady("The key store cannot be reached.") from None
 
 
+_AUTH_PATH = b"/_gateway/auth"
+_AUTH_PREFIX = _AUTH_PATH + b"/"
+
+
 class Edge:
     """The gateway listener: reserved paths under /_gateway/, else the proxy."""
 
@@ -213,6 +217,26 @@ class Edge:
             await self.forward_auth(scope, receive, send)
         else:
             await self._reserved(scope, send, path)
+
+    def answer_now(
+        self, method: bytes, target: bytes, headers: RawHeaders, client: str | None
+    ) -> bytes | None:
+        """A complete answer from the request's head alone, if one is ready now.
+
+        Called by the listener's HTTP protocol before it starts an ASGI
+        task (see ``gateway.transport``); ``None`` sends the request down
+        the ASGI path as usual. Only forward-auth checks of cached keys are
+        answered here, and only for plain ASCII paths without
+        percent-escapes (the ASGI path decodes those).
+        """
+        path, _, query = target.partition(b"?")
+        if path != _AUTH_PATH and not path.startswith(_AUTH_PREFIX):
+            return None
+        if b"%" in path or not path.isascii():
+            return None
+        return self.forward_auth.answer_now(
+            method.decode("ascii"), path.decode("ascii"), query, headers, client
+        )
 
     async def _reserved(self, scope: Scope, send: Send, path: str) -> None:
         started = perf_counter()
@@ -293,8 +317,9 @@ class _Server(uvicorn.Server):
 def uvicorn_config(app: ASGIApp, settings: Settings, *, edge: bool) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        # The gateway joins each response's head and body into one write.
-        http=CoalescingHttpToolsProtocol if edge else "httptools",
+        # One write per response, and forward-auth answers from the cache
+        # without an ASGI task: see gateway.transport.
+        http=EdgeProtocol if edge else "httptools",
         ws="none",
         lifespan="off",
         log_config=None,

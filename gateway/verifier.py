@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 
 from gateway import keys
 from gateway.cache import Identity, KeyCache
+from gateway.headers import first_values
 from gateway.problems import AuthError, StoreUnavailable
 from gateway.settings import Settings
 from gateway.store import Found, KeyStore
@@ -78,10 +79,13 @@ class Verifier:
         self, headers: Iterable[tuple[bytes, bytes]], query_string: bytes = b""
     ) -> str | None:
         """The key from the first configured header that has one."""
-        found: dict[bytes, bytes] = {}
-        for name, value in headers:
-            if name in self._header_bytes:
-                found.setdefault(name, value)
+        return self.key_in(first_values(headers, self._header_bytes), query_string)
+
+    def key_in(
+        self, found: dict[bytes, bytes], query_string: bytes = b""
+    ) -> str | None:
+        """The key, from headers gathered by ``first_values`` (a superset of
+        ``credential_headers()`` may be gathered in the same pass)."""
         for name in self._header_order:
             raw = found.get(name)
             if raw is None:
@@ -98,6 +102,28 @@ class Verifier:
         return None
 
     # Verifying -----------------------------------------------------------
+
+    def cached(self, key: str | None) -> Identity | None:
+        """The identity when the cache alone grants the key, else ``None``.
+
+        No I/O and no exception: ``None`` means "ask ``verify``", which
+        also gives the reason for a refusal. A grant counts as a hit and
+        as a use of the key, as it would through ``verify``.
+        """
+        if not key or len(key) != keys.KEY_LENGTH or not key.isascii():
+            return None
+        entry = self.cache.get(self._hash(key))
+        if entry is None or entry.identity is None:
+            return None
+        if time.monotonic() >= entry.fresh_until:
+            return None
+        identity = entry.identity
+        wall = time.time()
+        if wall >= identity.expires_at:
+            return None
+        self.hits += 1
+        self._used[identity.key_id] = wall
+        return identity
 
     async def verify(self, key: str | None) -> Identity:
         """The identity behind the key, or ``AuthError``/``StoreUnavailable``."""

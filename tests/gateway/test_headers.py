@@ -163,6 +163,11 @@ def test_trusted_proxies_match_networks_and_single_addresses() -> None:
             "req",
             id="request-id-wins",
         ),
+        pytest.param(
+            [(b"x-request-id", b"first"), (b"x-request-id", b"second")],
+            "first",
+            id="the-first-of-two",
+        ),
     ],
 )
 def test_a_well_formed_incoming_request_id_is_reused(

@@ -109,6 +109,37 @@ async def test_a_good_key_costs_one_lookup_then_none_while_cached(
     assert verifier.hits == 50
 
 
+async def test_cached_grants_only_what_the_cache_alone_can_grant(
+    verifier: Verifier,
+    store: KeyStore,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    record, key = await make_key()
+    _, expiring = await make_key("bob", expires_in=0.3)
+    counter = CommandCounter(store.redis, monkeypatch)
+    # Nothing cached yet, and never anything that is not a well-formed key.
+    for value in (key, None, "", "rpa_short", mistyped(key), unknown_key()):
+        assert verifier.cached(value) is None
+    assert counter.count == 0 and verifier.hits == 0
+    stranger = unknown_key()
+    await verifier.verify(key)
+    await verifier.verify(expiring)
+    with pytest.raises(AuthError):
+        await verifier.verify(stranger)
+    verifier.take_used()
+    identity = verifier.cached(key)
+    assert identity is not None and identity.key_id == record.id
+    assert verifier.hits == 1 and verifier.take_used().keys() == {record.id}
+    # A negative entry, an expired key and a stale entry are for verify().
+    assert verifier.cached(stranger) is None
+    await asyncio.sleep(0.35)
+    assert verifier.cached(expiring) is None
+    verifier.cache.expire_all()
+    assert verifier.cached(key) is None
+    assert verifier.hits == 1 and counter.count == 3
+
+
 async def test_an_unknown_key_is_cached_negatively(
     verifier: Verifier, store: KeyStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
