@@ -97,8 +97,8 @@ def cpu_per_request(
     slow configuration from a busy machine. Children that exited during the
     run are not counted (the services keep theirs for the whole run).
     """
-    if requests <= 0:
-        return {}
+    if requests <= 0 or not before:
+        return {}  # nothing ran, or nothing of the configuration's own (direct)
     used = {
         name: max(0.0, after.get(name, 0.0) - start) for name, start in before.items()
     }
@@ -173,8 +173,7 @@ def measure(setups: Sequence[Setup], plan: Plan) -> dict[str, dict[int, Series]]
                     f"[{done}/{total}] round {round_index + 1}  {setup.name:<21}"
                     f" c={connections:<4} {result.rps:>9,.0f} rps"
                     f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-                    f"  errors {result.errors}  cpu/req {cpu.get('total', 0):.0f} us"
-                    f"  {_noise_text(noise)}"
+                    f"  errors {result.errors}  {_cpu_text(cpu)}  {_noise_text(noise)}"
                 )
     return results
 
@@ -194,6 +193,10 @@ def _settle(plan: Plan, budget: float) -> float:
                 _progress(f"waited {waited:.1f} s for a quieter machine")
             return waited
         waited += plan.pause
+
+
+def _cpu_text(cpu: dict[str, float]) -> str:
+    return f"cpu/req {cpu['total']:.0f} us" if cpu else "cpu/req n/a"
 
 
 def _noise_text(noise: dict[str, Any]) -> str:

@@ -67,6 +67,7 @@ def test_cpu_per_request_is_per_process_and_in_all() -> None:
         "total": 50.0,
     }
     assert throughput.cpu_per_request(before, after, 0) == {}
+    assert throughput.cpu_per_request({}, {}, 1000) == {}
 
 
 def test_series_summary_takes_the_median_cpu_of_the_rounds() -> None:
