@@ -117,6 +117,7 @@ def options_from(args: argparse.Namespace) -> Options:
         revocations=200,
         cached_keys=100_000,
         verify_seconds=1.0 if args.quick else 2.0,
+        endpoint_seconds=1.0 if args.quick else 1.5,
         extras=not args.no_extras,
         output_dir=args.output_dir,
         keep_run_dir=args.keep_run_dir,

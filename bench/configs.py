@@ -199,10 +199,16 @@ def python_proxy(env: Environment) -> Setup:
     return Setup("python_proxy", _url(port), env.pool.hit_file, [service])
 
 
+def start_trivial_auth(env: Environment, name: str) -> tuple[Service, int]:
+    """The allow-all endpoint on a free port; returns it and its port."""
+    port = free_port()
+    service = _python(env, name, "bench.trivial_auth", f"--port={port}")
+    wait_for_port(service, port)
+    return service, port
+
+
 def nginx_trivial_auth(env: Environment) -> Setup:
-    auth_port = free_port()
-    auth = _python(env, "trivial_auth", "bench.trivial_auth", f"--port={auth_port}")
-    wait_for_port(auth, auth_port)
+    auth, auth_port = start_trivial_auth(env, "trivial_auth")
     front, port = _auth_nginx(env, "nginx_trivial_auth", auth_port, "/")
     return Setup("nginx_trivial_auth", _url(port), env.pool.hit_file, [front, auth])
 

@@ -208,6 +208,15 @@ def _other_figures(result: Mapping[str, Any]) -> list[str]:
             f" (real Redis, {verify.get('miss_concurrency', '?')} concurrent "
             f"lookups; {_number(verify.get('miss_sequential'))} one at a time)."
         )
+    endpoints = result.get("forward_auth_cpu_us")
+    if endpoints:
+        lines.append(
+            f"- Forward-auth endpoints alone (wrk straight at each, no nginx, "
+            f"{endpoints['connections']} connections): CPU per answer "
+            f"{endpoints['allow_all_us']:.1f} us for the allow-all endpoint, "
+            f"{endpoints['gateway_us']:.1f} us for the gateway "
+            f"(allow_all / gateway {endpoints['allow_all / gateway']:.3f})."
+        )
     revocation = result.get("revocation_ms")
     if revocation:
         lines.append(

@@ -25,7 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import configs, keypool, memory, profile, report, revocation
+from bench import (
+    configs,
+    endpoint_cpu,
+    keypool,
+    memory,
+    profile,
+    report,
+    revocation,
+)
 from bench.configs import Environment, Setup
 from bench.nginx import UPSTREAM_BODY, nginx_binary
 from bench.procs import (
@@ -57,6 +65,7 @@ class Options:
     cached_keys: int
     verify_seconds: float
     extras: bool
+    endpoint_seconds: float
     output_dir: Path
     keep_run_dir: bool
     gateway_env: dict[str, str]
@@ -273,8 +282,13 @@ def _extras(options: Options, env: Environment) -> dict[str, Any]:
         )
     finally:
         replicas.stop_all()
+    log("Measuring CPU per answer of each forward-auth endpoint alone.")
+    endpoints = endpoint_cpu.measure(
+        env, rounds=max(4, options.rounds), seconds=options.endpoint_seconds
+    )
     redis_memory = asyncio.run(_redis_memory(env.pool))
     return {
+        "forward_auth_cpu_us": endpoints,
         "verify_per_second": verify,
         "revocation_ms": revoked,
         "memory": {

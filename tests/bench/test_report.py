@@ -57,6 +57,12 @@ def _result() -> dict[str, Any]:
             "poll_rtt_ms": 1.0,
         },
         "verify_per_second": {"hit": 150_000, "miss": 5000},
+        "forward_auth_cpu_us": {
+            "allow_all_us": 24.0,
+            "gateway_us": 25.0,
+            "allow_all / gateway": 0.96,
+            "connections": 32,
+        },
     }
     result["targets"] = report.evaluate_targets(result)
     return result
@@ -104,6 +110,7 @@ def test_markdown_names_every_target_and_configuration() -> None:
     text = report.markdown(_result())
     assert "| gateway_miss / gateway | 0.526 | >= 0.6 | **missed** |" in text
     assert "| 50.5 (front 20.0 + auth 30.5) |" in text
+    assert "24.0 us for the allow-all endpoint, 25.0 us for the gateway" in text
     for name in CONFIGS:
         assert f"| {name} | 32 |" in text
     assert "p99 60.00 ms" in text
