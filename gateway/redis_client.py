@@ -85,7 +85,7 @@ def _sentinel(url: str, master: str) -> SentinelRedis:
     address = parse_redis_url(url, default_port=26379)
     # Sentinels are asked without the data nodes' credentials: no password
     # of their own yet (Sentinel's requirepass), only TLS like the nodes.
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+    sentinels = Sentinel(
         list(address.hosts), sentinel_kwargs={**_TIMEOUTS, "ssl": address.tls}
     )
     client: SentinelRedis = sentinels.master_for(
