@@ -240,6 +240,22 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+async def until_refused(
+    client: httpx.AsyncClient, key: str, path: str = "/x"
+) -> httpx.Response:
+    """Ask ``path`` with the key until it answers 401, for up to 5 seconds.
+
+    A revocation reaches the cache through the invalidation subscriber,
+    a task of its own: the pause between attempts lets it run.
+    """
+    async with asyncio.timeout(5):
+        while (
+            response := await client.get(path, headers=bearer(key))
+        ).status_code != 401:
+            await asyncio.sleep(0.005)
+    return response
+
+
 class PrivateRedis:
     """A redis-server of the test's own, to stop and start at will."""
 

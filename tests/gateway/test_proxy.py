@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import orjson
 import pytest
 
 from gateway.server import Context, build_gateway_app
 from gateway.store import KeyStore
-from tests.gateway.conftest import GATEWAY, KeyMaker, Upstream, bearer
+from tests.gateway.conftest import GATEWAY, KeyMaker, Upstream, bearer, until_refused
 
 
 async def test_a_good_key_is_forwarded_with_the_identity_and_without_the_key(
@@ -98,13 +96,7 @@ async def test_a_disabled_users_keys_stop_working(
     _, key = await make_key("carol")
     assert (await client.get("/x", headers=bearer(key))).status_code == 200
     await store.update_user("carol", disabled=True)
-    await _until_refused(client, key)
-
-
-async def _until_refused(client: httpx.AsyncClient, key: str) -> None:
-    async with asyncio.timeout(5):
-        while (await client.get("/x", headers=bearer(key))).status_code != 401:
-            await asyncio.sleep(0.005)
+    await until_refused(client, key)
 
 
 async def test_a_revoked_key_is_refused_right_after_revocation(
@@ -113,7 +105,7 @@ async def test_a_revoked_key_is_refused_right_after_revocation(
     record, key = await make_key()
     assert (await client.get("/x", headers=bearer(key))).status_code == 200
     await store.revoke_key(record.id)
-    await _until_refused(client, key)
+    await until_refused(client, key)
 
 
 async def test_a_request_body_reaches_the_upstream_intact(
