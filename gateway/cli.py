@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TextIO
 
 from admin.audit import AuditLog, Event
 from gateway import keys
+from gateway.assertion import Asserter
 from gateway.problems import GatewayError, InvalidInput, StoreUnavailable
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store import (
@@ -246,6 +247,14 @@ async def check(store: KeyStore, args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     print(f"Redis persistence: {how}.")
+    asserter = Asserter.from_settings(args.settings)
+    if asserter is None:
+        print("Identity assertions: off.")
+    else:
+        print(
+            f"Identity assertions: signed with {asserter.algorithm}, "
+            f"key id '{asserter.kid}'."
+        )
 
 
 async def _run_on_store(
@@ -253,6 +262,7 @@ async def _run_on_store(
 ) -> None:
     store = store_from_settings(settings)
     args.audit_log = AuditLog(store.redis, settings.namespace, settings.audit_max_len)
+    args.settings = settings
     try:
         await handler(store, args)
     finally:

@@ -14,6 +14,8 @@ import re
 from time import perf_counter
 from urllib.parse import urlsplit
 
+from gateway.assertion import Asserter
+from gateway.cache import Identity
 from gateway.headers import (
     REQUEST_ID_NAMES,
     RawHeaders,
@@ -39,9 +41,17 @@ _UNFIT_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 class ForwardAuth:
     """Answers whether the credentials in the headers are good."""
 
-    def __init__(self, settings: Settings, verifier: Verifier, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: Verifier,
+        metrics: Metrics,
+        asserter: Asserter | None = None,
+    ):
         self.verifier = verifier
         self.metrics = metrics
+        self.asserter = asserter
+        self.assertion_header = settings.assertion_header.lower().encode()
         self.realm = settings.realm
         self.user_id_header = settings.user_id_header.lower().encode()
         self.key_id_header = settings.key_id_header.lower().encode()
@@ -99,7 +109,9 @@ class ForwardAuth:
                 self.key_id_header,
                 b": ",
                 key_value,
-                b"\r\nx-request-id: ",
+                b"\r\n",
+                self._assertion_line(identity),
+                b"x-request-id: ",
                 request_id.encode(),
                 b"\r\ncontent-length: 0\r\n\r\n",
             )
@@ -132,18 +144,20 @@ class ForwardAuth:
             status, outcome = 200, "auth-allowed"
             user_id, key_id = identity.user_id, identity.key_id
             # The answer goes to the proxy that asked, never to a cache:
-            # identity, request id and length are all it carries.
+            # identity (signed too, when assertions are on), request id and
+            # length are all it carries.
+            headers = [
+                (self.user_id_header, user_id.encode()),
+                (self.key_id_header, key_id.encode()),
+                (b"x-request-id", request_id.encode()),
+                (b"content-length", b"0"),
+            ]
+            if self.asserter is not None:
+                # Where the early answer has it: the bytes must not differ.
+                assertion = self.asserter.assertion(identity).encode()
+                headers.insert(2, (self.assertion_header, assertion))
             await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (self.user_id_header, user_id.encode()),
-                        (self.key_id_header, key_id.encode()),
-                        (b"x-request-id", request_id.encode()),
-                        (b"content-length", b"0"),
-                    ],
-                }
+                {"type": "http.response.start", "status": 200, "headers": headers}
             )
             await send(_EMPTY_BODY)
         self._record(
@@ -157,6 +171,13 @@ class ForwardAuth:
             key_id,
             client_host(scope),
         )
+
+    def _assertion_line(self, identity: Identity) -> bytes:
+        """The assertion header's line of an early answer, if assertions are on."""
+        if self.asserter is None:
+            return b""
+        assertion = self.asserter.assertion(identity).encode()
+        return b"%s: %s\r\n" % (self.assertion_header, assertion)
 
     def _record(
         self,

@@ -165,7 +165,11 @@ def spoofable_names(settings: Settings) -> frozenset[bytes]:
     """Identity header names a client must never get past the gateway."""
     return frozenset(
         name.lower().replace("_", "-").encode("latin-1")
-        for name in (settings.user_id_header, settings.key_id_header)
+        for name in (
+            settings.user_id_header,
+            settings.key_id_header,
+            settings.assertion_header,
+        )
     )
 
 
@@ -178,6 +182,7 @@ class RequestRewriter:
         self.trusted = TrustedProxies(settings.trusted_proxies)
         self.user_id_header = settings.user_id_header
         self.key_id_header = settings.key_id_header
+        self.assertion_header = settings.assertion_header
 
     def upstream_headers(
         self,
@@ -187,6 +192,7 @@ class RequestRewriter:
         request_id: str,
         user_id: str,
         key_id: str,
+        assertion: str | None = None,
     ) -> list[tuple[str, str]]:
         """Headers for the upstream request, as ``str`` pairs for aiohttp."""
         drop = self.drop
@@ -233,4 +239,6 @@ class RequestRewriter:
         out.append(("x-request-id", request_id))
         out.append((self.user_id_header, user_id))
         out.append((self.key_id_header, key_id))
+        if assertion is not None:
+            out.append((self.assertion_header, assertion))
         return out

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.assertion import Asserter
 from gateway.cache import Identity
 from gateway.headers import (
     REQUEST_ID_NAMES,
@@ -116,8 +117,10 @@ class Proxy:
         verifier: Verifier,
         upstream: Upstream,
         metrics: Metrics,
+        asserter: Asserter | None = None,
     ) -> None:
         self.verifier = verifier
+        self.asserter = asserter
         self.upstream = upstream
         self.metrics = metrics
         self.realm = settings.realm
@@ -157,6 +160,7 @@ class Proxy:
                 request_id,
                 identity.user_id,
                 identity.key_id,
+                None if self.asserter is None else self.asserter.assertion(identity),
             )
             body = RequestBody(receive) if has_body(headers) else None
             target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")

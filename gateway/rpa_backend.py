@@ -2,7 +2,9 @@
 
 For the demo, the tests and the benchmarks. It trusts only the identity
 headers the gateway sets and answers 401 without them, the way a backend
-behind the gateway should. Executions live in memory; an execution is
+behind the gateway should. Given the gateway's JWK Set, it also requires
+the signed identity assertion and checks that it names the same user and
+key as the headers. Executions live in memory; an execution is
 ``notStarted`` at first, then ``running``, then ``success`` (or ``error``
 when its process name asks for it, so failure paths can be shown too).
 """
@@ -17,6 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from joserfc.jwt import JWTClaimsRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -50,6 +56,38 @@ class BadRequest(Exception):
         self.detail = detail
 
 
+class AssertionCheck:
+    """How the backend verifies the gateway's signed identity assertion."""
+
+    def __init__(self, jwks: bytes, *, header: str, issuer: str, audience: str) -> None:
+        self.header = header
+        self.keys = KeySet.import_key_set(orjson.loads(jwks))
+        self.claims = JWTClaimsRegistry(
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            sub={"essential": True},
+            exp={"essential": True},
+            leeway=5,
+        )
+
+    def check(self, token: str | None, user_id: str, key_id: str) -> None:
+        """Refuse with 401 unless the assertion is valid and names this caller."""
+        if not token:
+            raise BadRequest(401, f"The identity assertion '{self.header}' is missing.")
+        try:
+            claims = jwt.decode(
+                token, self.keys, algorithms=["ES256", "Ed25519"]
+            ).claims
+            self.claims.validate(claims)
+        except JoseError as exc:
+            reason = exc.description or exc.error.replace("_", " ")
+            raise BadRequest(
+                401, f"The identity assertion is not valid ({reason})."
+            ) from None
+        if claims.get("sub") != user_id or claims.get("key_id") != key_id:
+            raise BadRequest(401, "The identity assertion names another user or key.")
+
+
 def _json(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
@@ -71,18 +109,22 @@ def create_backend_app(
     start_delay: float = 0.5,
     run_seconds: float = 3.0,
     clock: Callable[[], float] = time.monotonic,
+    assertions: AssertionCheck | None = None,
 ) -> Starlette:
     """The stand-in backend; durations say how an execution progresses."""
     executions: dict[str, Execution] = {}
 
     def caller(request: Request) -> str:
         user_id = request.headers.get(user_id_header)
-        if not user_id or not request.headers.get(key_id_header):
+        key_id = request.headers.get(key_id_header)
+        if not user_id or not key_id:
             raise BadRequest(
                 401,
                 f"The identity headers '{user_id_header}' and '{key_id_header}' are "
                 "missing; call this service through the gateway.",
             )
+        if assertions is not None:
+            assertions.check(request.headers.get(assertions.header), user_id, key_id)
         return user_id
 
     async def start_input(request: Request) -> tuple[str, dict[str, Any], Any]:

@@ -33,6 +33,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 
 from admin.app import create_app
+from gateway.assertion import Asserter
 from gateway.forward_auth import ForwardAuth
 from gateway.headers import RawHeaders, request_id_from
 from gateway.invalidation import InvalidationSubscriber
@@ -74,6 +75,7 @@ class Context:
     subscriber: InvalidationSubscriber
     upstream: Upstream
     metrics: Metrics
+    asserter: Asserter | None = None
     owns_store: bool = True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -92,12 +94,19 @@ class Context:
             ),
             upstream=Upstream.from_settings(settings),
             metrics=Metrics(),
+            asserter=Asserter.from_settings(settings),
             owns_store=owns_store,
         )
 
     async def start(self) -> None:
         self.subscriber.start()
         await self.report_persistence()
+        if self.asserter is not None:
+            error_logger.info(
+                "Signing identity assertions with %s key '%s'.",
+                self.asserter.algorithm,
+                self.asserter.kid,
+            )
         self._tasks = [
             asyncio.create_task(self._every(USED_FLUSH_SECONDS, self.flush_used)),
             asyncio.create_task(self._every(METRICS_SYNC_SECONDS, self._sync)),
@@ -188,6 +197,11 @@ class Context:
             raise NotReady("The key store cannot be reached.") from None
 
 
+_OK_BODY = orjson.dumps({"status": "ok"})
+# Backends cache the key set; five minutes bounds how long a rotation takes
+# to reach them (publish the next key at least that long before using it).
+_JWKS_CACHING = b"public, max-age=300"
+
 _AUTH_PATH = b"/_gateway/auth"
 _AUTH_PREFIX = _AUTH_PATH + b"/"
 
@@ -198,10 +212,14 @@ class Edge:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.proxy = Proxy(
-            context.settings, context.verifier, context.upstream, context.metrics
+            context.settings,
+            context.verifier,
+            context.upstream,
+            context.metrics,
+            context.asserter,
         )
         self.forward_auth = ForwardAuth(
-            context.settings, context.verifier, context.metrics
+            context.settings, context.verifier, context.metrics, context.asserter
         )
         self.realm = context.settings.realm
 
@@ -241,12 +259,16 @@ class Edge:
     async def _reserved(self, scope: Scope, send: Send, path: str) -> None:
         started = perf_counter()
         request_id = request_id_from(scope["headers"])
+        body, caching = _OK_BODY, b"no-store"
         try:
             if path == "/_gateway/health":
                 outcome = "health"
             elif path == "/_gateway/ready":
                 outcome = "ready"
                 await self.context.ready()
+            elif path == "/_gateway/jwks":
+                outcome = "jwks"
+                body, caching = self._jwks(), _JWKS_CACHING
             else:
                 raise NotFound(f"'{path}' is not a gateway endpoint.")
         except GatewayError as exc:
@@ -254,7 +276,6 @@ class Edge:
             await send_problem(send, exc, request_id, self.realm)
         else:
             status = 200
-            body = orjson.dumps({"status": "ok"})
             await send(
                 {
                     "type": "http.response.start",
@@ -262,7 +283,7 @@ class Edge:
                     "headers": [
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(body)).encode()),
-                        (b"cache-control", b"no-store"),
+                        (b"cache-control", caching),
                         (b"x-request-id", request_id.encode()),
                     ],
                 }
@@ -281,6 +302,14 @@ class Edge:
             key_id=None,
             client=client_host(scope),
         )
+
+    def _jwks(self) -> bytes:
+        if self.context.asserter is None:
+            raise NotFound(
+                "Identity assertions are off: set "
+                "RPA_GATEWAY_ASSERTION_KEY_FILE to sign them and publish their keys."
+            )
+        return self.context.asserter.jwks
 
 
 def build_gateway_app(context: Context) -> Edge:

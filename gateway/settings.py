@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.assertion import load_public_key, load_signing_key
+
 ENV_PREFIX = "RPA_GATEWAY_"
 
 CommaList = Annotated[list[str], NoDecode]
@@ -127,6 +129,16 @@ class Settings(BaseSettings):
     key_id_header: str = Field("X-RPA-Key-Id", pattern=r"^[A-Za-z0-9-]{1,64}$")
     trusted_proxies: CommaList = []
 
+    # Signed identity assertions: off unless a signing key file is set.
+    assertion_key_file: str | None = None
+    assertion_published_key_files: CommaList = []
+    assertion_header: str = Field(
+        "X-RPA-Identity-Assertion", pattern=r"^[A-Za-z0-9-]{1,64}$"
+    )
+    assertion_issuer: str = Field("rpa-gateway", min_length=1, max_length=256)
+    assertion_audience: str = Field("rpa-manager", min_length=1, max_length=256)
+    assertion_ttl_seconds: int = Field(60, ge=10, le=3600)
+
     # Admin
     admin_sso_header: str | None = None
     admin_sso_proxies: CommaList = []
@@ -137,7 +149,11 @@ class Settings(BaseSettings):
     access_log: bool = True
 
     @field_validator(
-        "key_headers", "trusted_proxies", "admin_sso_proxies", mode="before"
+        "key_headers",
+        "trusted_proxies",
+        "admin_sso_proxies",
+        "assertion_published_key_files",
+        mode="before",
     )
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
@@ -186,10 +202,28 @@ class Settings(BaseSettings):
             raise ValueError(f"'{value}' is not an http:// or https:// URL")
         return value.rstrip("/")
 
-    @field_validator("redis_sentinel_master", mode="before")
+    @field_validator("redis_sentinel_master", "assertion_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("assertion_key_file")
+    @classmethod
+    def _signing_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            load_signing_key(value)
+        return value
+
+    @field_validator("assertion_published_key_files")
+    @classmethod
+    def _published_keys(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if value and not info.data.get("assertion_key_file"):
+            raise ValueError(
+                f"published keys need a signing key in {ENV_PREFIX}ASSERTION_KEY_FILE"
+            )
+        for path in value:
+            load_public_key(path)
+        return value
 
     @field_validator("redis_cluster")
     @classmethod

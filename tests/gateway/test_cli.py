@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from gateway import keys
+from gateway.assertion import load_signing_key
 from gateway.cli import main
 from gateway.settings import load_settings
 from gateway.store import store_from_settings
 from tests.conftest import PEPPER, REAL_REDIS_URL, free_port, require_binary
+from tests.gateway.signing import new_key, pem_file
 
 
 @pytest.fixture(params=["memory", pytest.param("real", marks=pytest.mark.redis)])
@@ -191,6 +193,21 @@ def test_check_reports_settings_redis_and_persistence(
     if cli_env == REAL_REDIS_URL:
         # The machine's Redis keeps nothing on disk: the warning must be loud.
         assert "WARNING: Redis does not persist data" in err
+    assert "Identity assertions: off." in out
+
+
+def test_check_names_the_assertion_signing_key(
+    cli_env: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    key_file = pem_file(tmp_path, "signing.pem", new_key("ES256"))
+    monkeypatch.setenv("RPA_GATEWAY_ASSERTION_KEY_FILE", str(key_file))
+    kid = load_signing_key(str(key_file)).thumbprint()
+    status, out, _ = run(capsys, "check")
+    assert status == 0
+    assert f"Identity assertions: signed with ES256, key id '{kid}'." in out
 
 
 def test_check_fails_when_redis_is_unreachable(

@@ -14,9 +14,11 @@ import pytest
 from gateway import keys
 from gateway.problems import StoreUnavailable
 from gateway.server import Context, build_gateway_app
+from gateway.settings import Settings
 from gateway.store import KeyStore
 from tests.conftest import free_port, record_process_output, require_binary
 from tests.gateway.conftest import KeyMaker, Upstream, bearer, serving
+from tests.gateway.signing import decode, new_key, pem_file
 
 pytestmark = pytest.mark.nginx
 
@@ -94,6 +96,36 @@ async def through_nginx(
         yield url
 
 
+async def test_nginx_forwards_the_gateways_signed_assertion(
+    gateway_settings: Settings,
+    store: KeyStore,
+    upstream: Upstream,
+    make_key: KeyMaker,
+    tmp_path: Path,
+) -> None:
+    key_file = pem_file(tmp_path, "signing.pem", new_key("ES256"))
+    signing = gateway_settings.model_copy(update={"assertion_key_file": str(key_file)})
+    context = Context.create(signing, store)
+    await context.start()
+    record, key = await make_key("alice")
+    try:
+        async with (
+            serving(build_gateway_app(context)) as gateway,
+            nginx(tmp_path, gateway, upstream.url) as url,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            forged = {"x-apikey": key, "X-RPA-Identity-Assertion": "forged"}
+            response = await client.get(f"{url}/rpa/api/v1/whoami", headers=forged)
+    finally:
+        await context.aclose()
+    assert response.status_code == 200
+    assert context.asserter is not None
+    token = upstream.last.header("x-rpa-identity-assertion")
+    assert token is not None and token != "forged"
+    claims = decode(context.asserter, token).claims
+    assert claims["sub"] == "alice" and claims["key_id"] == record.id
+
+
 async def test_nginx_forwards_an_allowed_request_with_the_identity_and_no_key(
     through_nginx: str, upstream: Upstream, make_key: KeyMaker
 ) -> None:
@@ -105,6 +137,7 @@ async def test_nginx_forwards_an_allowed_request_with_the_identity_and_no_key(
                 "x-apikey": key,
                 "X-RPA-User-Id": "root",
                 "X_RPA_User_Id": "root",
+                "X-RPA-Identity-Assertion": "root",
             },
         )
     assert response.status_code == 200
