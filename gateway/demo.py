@@ -9,16 +9,20 @@ that the printed key and the log never mix.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shlex
 import socket
 import sys
+import tempfile
 import time
 
 import uvloop
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.observability import configure_logging, error_logger
-from gateway.rpa_backend import PREFIX, create_backend_app
+from gateway.rpa_backend import PREFIX, AssertionCheck, create_backend_app
 from gateway.server import (
     Binding,
     Context,
@@ -72,6 +76,13 @@ Read its status:
   curl -i {gateway}{PREFIX}/executions/demo-1/status \\
     -H {header}
 
+See who the backend was told you are; it accepts the identity headers
+only with the gateway's signed assertion, whose public keys are here:
+
+  curl -i {gateway}{PREFIX}/whoami \\
+    -H {header}
+  curl {gateway}/_gateway/jwks
+
 Without a key the gateway answers 401:
 
   curl -i {gateway}{PREFIX}/executions/demo-1/status
@@ -93,8 +104,16 @@ async def _demo(settings: Settings, sockets: list[socket.socket]) -> None:
     )
     backend_url = settings.upstream_url or ""
     print(instructions(settings, key, record.id, backend_url), flush=True)
+    assert context.asserter is not None
     backend = create_backend_app(
-        user_id_header=settings.user_id_header, key_id_header=settings.key_id_header
+        user_id_header=settings.user_id_header,
+        key_id_header=settings.key_id_header,
+        assertions=AssertionCheck(
+            context.asserter.jwks,
+            header=settings.assertion_header,
+            issuer=settings.assertion_issuer,
+            audience=settings.assertion_audience,
+        ),
     )
     await serve_bindings(
         context,
@@ -115,11 +134,31 @@ def run_demo() -> int:
         error_logger.error("%s", exc)
         return 1
     port = backend_sock.getsockname()[1]
-    settings = load_settings(
-        redis_url="memory://demo",
-        key_pepper=secrets.token_urlsafe(48),
-        upstream_url=f"http://127.0.0.1:{port}",
+    with tempfile.TemporaryDirectory(prefix="rpa-gateway-demo-") as keys_dir:
+        settings = load_settings(
+            redis_url="memory://demo",
+            key_pepper=secrets.token_urlsafe(48),
+            upstream_url=f"http://127.0.0.1:{port}",
+            assertion_key_file=_signing_key_file(keys_dir),
+        )
+        return _run(settings, backend_sock)
+
+
+def _signing_key_file(directory: str) -> str:
+    """A fresh Ed25519 key for the demo's assertions, readable by us alone."""
+    path = os.path.join(directory, "assertion-key.pem")
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(pem)
+    return path
+
+
+def _run(settings: Settings, backend_sock: socket.socket) -> int:
     configure_logging(settings.log_level, settings.access_log, stream=sys.stderr)
     sockets = [backend_sock]
     try:

@@ -59,7 +59,7 @@ async def test_the_demo_prints_a_working_key_and_commands_that_work() -> None:
         assert keys and is_well_formed(keys[0])
         assert f"http://{admin}/" in text
 
-        start, status, anonymous = printed_commands(text)
+        start, status, whoami, jwks, anonymous = printed_commands(text)
         assert re.search(r"^HTTP/1.1 201 ", await run(start), re.M)
         assert re.search(r"^HTTP/1.1 204 ", await run(start), re.M)
         answer = await run(status)
@@ -67,6 +67,11 @@ async def test_the_demo_prints_a_working_key_and_commands_that_work() -> None:
         assert '"executionId":"demo-1"' in answer
         assert '"startedBy":"admin"' in answer
         assert re.search(r"^HTTP/1.1 401 ", await run(anonymous), re.M)
+        # The backend took the identity only with the gateway's signature.
+        answer = await run(whoami)
+        assert re.search(r"^HTTP/1.1 200 ", answer, re.M)
+        assert '"userId":"admin"' in answer
+        assert '"kty":"OKP"' in await run(jwks)
 
         async with httpx.AsyncClient(timeout=10) as client:
             metrics = await client.get(f"http://{admin}/metrics")
