@@ -21,6 +21,7 @@ also run in one MULTI/EXEC.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,6 +40,8 @@ from gateway import keys, redis_client
 from gateway.cache import Identity
 from gateway.problems import Conflict, InvalidInput, NotFound, StoreUnavailable
 from gateway.settings import Settings
+
+error_logger = logging.getLogger("gateway.error")
 
 PRIVILEGES = (
     "user_management.open",
@@ -194,14 +197,37 @@ return {key[1], key[2], key[3] or '0', user[1] or '', user[2] or ''}
 """
 
 
-def _grant(reply: list[str] | None) -> Identity | None:
-    """The identity one ``_GRANT`` answer grants, if the key and user are good."""
+# What ``identities`` answers for one key: an unreadable record is an
+# error of that key alone.
+Grant = Identity | None | StoreUnavailable
+
+
+def _grant(reply: list[str] | ResponseError | None, key_hash: str) -> Grant:
+    """What one ``_GRANT`` answer grants, if the key and user are good."""
+    if isinstance(reply, ResponseError):
+        # A record of the wrong type (WRONGTYPE), written by something else.
+        return _unreadable(key_hash, str(reply))
     if not reply:
         return None
     key_id, user_id, expires_at, user_found, disabled = reply
     if not user_found or disabled == "1":
         return None
-    return Identity(key_id, user_id, float(expires_at))
+    try:
+        expires = float(expires_at)
+    except ValueError:
+        return _unreadable(key_hash, f"key {key_id} has expires_at {expires_at!r}")
+    return Identity(key_id, user_id, expires)
+
+
+def _unreadable(key_hash: str, cause: str) -> StoreUnavailable:
+    """The error of one damaged record: the cause is logged, not answered."""
+    error_logger.error(
+        "The key record k:%s... cannot be read (%s); requests with its key "
+        "get 503 until it is repaired or deleted.",
+        key_hash[:12],
+        cause,
+    )
+    return StoreUnavailable("The key store holds an unreadable record for this key.")
 
 
 def _user_from(data: dict[str, str]) -> User:
@@ -471,12 +497,14 @@ class KeyStore:
             return None
         return record, await self.get_user(record.user_id)
 
-    async def identities(self, hashes: Sequence[str]) -> list[Identity | None]:
+    async def identities(self, hashes: Sequence[str]) -> list[Grant]:
         """What each key grants, for the verifier, in one round trip.
 
         On a single Redis only (the script reads the user record, which on
         Cluster lives in another slot). A pipeline of script calls for
-        several keys, a plain call for one; any Redis error fails them all.
+        several keys, a plain call for one. Losing Redis fails them all
+        (``StoreUnavailable`` is raised); a record that cannot be read
+        fails its own key only (its place in the list holds the error).
         The answer carries three fields of the key and two of the user
         rather than both records: a miss under load spent a fifth of its
         time turning whole records into objects the verifier never used.
@@ -489,16 +517,25 @@ class KeyStore:
                 # own loading in pipelines costs a SCRIPT EXISTS every time.)
                 await self.redis.script_load(_GRANT)
                 replies = await self._grants(hashes)
-        return [_grant(reply) for reply in replies]
+        return [_grant(reply, h) for reply, h in zip(replies, hashes, strict=True)]
 
     async def _grants(self, hashes: Sequence[str]) -> list[Any]:
+        """The script's replies, a command's ``ResponseError`` in its place."""
         sha, users = self._grant_sha, f"{self.ns}:u:"
         if len(hashes) == 1:
-            return [await self.redis.evalsha(sha, 1, self._k(hashes[0]), users)]
+            try:
+                return [await self.redis.evalsha(sha, 1, self._k(hashes[0]), users)]
+            except NoScriptError:
+                raise
+            except ResponseError as exc:
+                return [exc]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_hash in hashes:
                 pipe.evalsha(sha, 1, self._k(key_hash), users)
-            replies: list[Any] = await pipe.execute()
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, NoScriptError):
+                raise reply
         return replies
 
     async def get_key(self, key_id: str) -> KeyRecord | None:

@@ -215,9 +215,12 @@ class Verifier:
             for future in batch.values():
                 future.set_exception(exc)
             return
-        for (key_hash, future), identity in zip(batch.items(), found, strict=True):
-            self.cache.put(key_hash, identity, generation)
-            future.set_result(identity)
+        for (key_hash, future), grant in zip(batch.items(), found, strict=True):
+            if isinstance(grant, StoreUnavailable):
+                future.set_exception(grant)  # that key's record alone
+            else:
+                self.cache.put(key_hash, grant, generation)
+                future.set_result(grant)
 
     # Last used -----------------------------------------------------------
 

@@ -337,7 +337,9 @@ class CommandCounter:
                 except BaseException:
                     self.pipelines += 1
                     raise
-                self.pipelines += 1
+                # Errors kept in place (raise_on_error=False): NOSCRIPT too.
+                if not any(isinstance(reply, NoScriptError) for reply in result):
+                    self.pipelines += 1
                 return result
 
             pipe.execute = counting_execute

@@ -293,6 +293,51 @@ async def test_a_burst_of_misses_reloads_the_script_after_redis_forgot_it(
     assert [i.key_id for i in identities] == [record.id for record, _ in known]
 
 
+async def test_an_unreadable_record_fails_its_own_key_and_no_other(
+    settings: Settings,
+    store: KeyStore,
+    make_key: KeyMaker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record of the wrong type or with a garbled expiry, amid good ones."""
+    uncached = settings.model_copy(update={"cache_ttl_seconds": 0.0})
+    verifier = Verifier.from_settings(uncached, store)
+    good = [await make_key() for _ in range(3)]
+    (_, wrong_type), (garbled, garbled_key) = await make_key(), await make_key()
+    wrong_name = f"{store.ns}:k:{store.hash_key(wrong_type)}"
+    await store.redis.delete(wrong_name)
+    await store.redis.set(wrong_name, "not a hash")
+    await store.redis.hset(
+        f"{store.ns}:k:{garbled.key_hash}", "expires_at", "next tuesday"
+    )
+    burst = [key for _, key in good] + [wrong_type, garbled_key]
+    counter = CommandCounter(store.redis, monkeypatch)
+
+    results = await asyncio.gather(
+        *(verifier.verify(key) for key in burst), return_exceptions=True
+    )
+
+    assert (counter.pipelines, counter.count) == (1, 0)
+    assert [r.key_id for r in results[:3]] == [r.id for r, _ in good]  # type: ignore[union-attr]
+    wrong, unreadable = results[3:]
+    for error in (wrong, unreadable):
+        assert isinstance(error, StoreUnavailable)
+        assert error.detail == (
+            "The key store holds an unreadable record for this key."
+        )
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.error"]
+    assert len(logged) == 2
+    assert "WRONGTYPE" in logged[0]
+    assert f"key {garbled.id} has expires_at 'next tuesday'" in logged[1]
+    assert verifier.cache.get(store.hash_key(wrong_type)) is None
+    assert verifier.cache.get(garbled.key_hash) is None
+    # Alone, without a batch, the same errors.
+    for key in (wrong_type, garbled_key):
+        with pytest.raises(StoreUnavailable):
+            await verifier.verify(key)
+
+
 async def test_revoking_during_a_batched_lookup_never_reinserts_the_key(
     verifier: Verifier,
     store: KeyStore,
