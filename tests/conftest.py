@@ -8,6 +8,8 @@ tier that did not run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -15,6 +17,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -52,6 +55,78 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class RedisProcess:
+    """A redis-server (or sentinel) a test started, its output kept.
+
+    ``start`` waits for the log line that says the server is up; after
+    that its output is read on in the background (a full pipe would block
+    the server's logging) and goes to the session-wide secret check.
+    """
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.process = process
+        self._drained: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        name: str,
+        workdir: Path,
+        *args: str,
+        ready: bytes = b"Ready to accept connections",
+    ) -> RedisProcess:
+        """Start ``redis-server ARGS`` on 127.0.0.1, saving nothing on its own."""
+        process = await asyncio.create_subprocess_exec(
+            require_binary("redis-server"),
+            *args,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        started = cls(name, process)
+        try:
+            await started._wait_for(ready)
+        except BaseException:
+            await started.stop()
+            raise
+        return started
+
+    async def _wait_for(self, ready: bytes) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        seen: list[bytes] = []
+        async with asyncio.timeout(10):
+            while ready not in (line := await stdout.readline()):
+                assert line, f"{self.name} exited during start-up: {b''.join(seen)!r}"
+                seen.append(line)
+        self._drained = asyncio.get_running_loop().create_task(self._drain(seen))
+
+    async def _drain(self, seen: list[bytes]) -> None:
+        assert self.process.stdout is not None
+        lines = [line async for line in self.process.stdout]
+        text = b"".join(seen + lines).decode(errors="replace")
+        record_process_output(self.name, text)
+
+    async def stop(self, *, kill: bool = False) -> None:
+        """Terminate the server (``kill``: with SIGKILL) and wait for it."""
+        with contextlib.suppress(ProcessLookupError):
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+        await self.process.wait()
+        if self._drained is not None:
+            await self._drained
 
 
 @pytest.fixture(autouse=True)

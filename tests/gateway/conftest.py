@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,9 +33,9 @@ from gateway.store import PRIVILEGES, KeyStore
 from tests.conftest import (
     PEPPER,
     REAL_REDIS_URL,
+    RedisProcess,
     free_port,
     record_process_output,
-    require_binary,
 )
 
 GATEWAY = "http://gateway.test"
@@ -259,54 +260,37 @@ async def until_refused(
 class PrivateRedis:
     """A redis-server of the test's own, to stop and start at will."""
 
-    def __init__(self, binary: str, directory: Any) -> None:
-        self.binary = binary
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: asyncio.subprocess.Process | None = None
+        self.server: RedisProcess | None = None
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            self.binary,
+        self.server = await RedisProcess.start(
+            "private-redis",
+            self.directory,
             "--port",
             str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.directory),
             "--dbfilename",
             "dump.rdb",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
         )
-        assert self.process.stdout is not None
-        async with asyncio.timeout(10):
-            while b"Ready to accept connections" not in (
-                line := await self.process.stdout.readline()
-            ):
-                assert line, "redis-server exited during start-up."
 
     async def stop(self, *, save: bool = False) -> None:
         """Kill the server; with ``save`` it writes its data first."""
-        if self.process is None:
+        if self.server is None:
             return
         if save:
             client = aioredis.Redis.from_url(self.url)
             await client.save()
             await client.aclose()
-        self.process.kill()
-        await self.process.wait()
-        self.process = None
+        await self.server.stop(kill=True)
+        self.server = None
 
 
 @pytest.fixture
-async def private_redis(tmp_path: Any) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(require_binary("redis-server"), tmp_path)
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
     await server.start()
     yield server
     await server.stop()

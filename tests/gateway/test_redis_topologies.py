@@ -7,7 +7,6 @@ one sentinel (quorum 1), or three cluster masters without replicas.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from gateway.redis_client import open_redis
 from gateway.settings import Settings
 from gateway.store import store_from_settings
 from gateway.verifier import Verifier
-from tests.conftest import PEPPER, free_port, record_process_output, require_binary
+from tests.conftest import PEPPER, RedisProcess, free_port, require_binary
 
 pytestmark = pytest.mark.redis
 
@@ -33,56 +32,26 @@ IN_A_MONTH = time.time() + 30 * 86400
 class Servers:
     """Redis processes of one test, all stopped however the test ends."""
 
-    def __init__(self, binary: str, directory: Path) -> None:
-        self.binary = binary
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.processes: list[asyncio.subprocess.Process] = []
+        self.processes: list[RedisProcess] = []
 
     async def start(self, name: str, *args: str, ready: bytes) -> None:
         """Start one server and wait for the log line that says it is up."""
         workdir = self.directory / name
         workdir.mkdir()
-        process = await asyncio.create_subprocess_exec(
-            self.binary,
-            *args,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(workdir),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        self.processes.append(
+            await RedisProcess.start(name, workdir, *args, ready=ready)
         )
-        self.processes.append(process)
-        assert process.stdout is not None
-        seen = []
-        async with asyncio.timeout(10):
-            while ready not in (line := await process.stdout.readline()):
-                assert line, f"{name} exited during start-up: {b''.join(seen)!r}"
-                seen.append(line)
-        # Keep reading, or a full pipe would block the server's logging.
-        asyncio.get_running_loop().create_task(self._drain(name, process))
-
-    @staticmethod
-    async def _drain(name: str, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        lines = [line.decode(errors="replace") async for line in process.stdout]
-        record_process_output(name, "".join(lines))
 
     async def stop(self) -> None:
         for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-        for process in self.processes:
-            await process.wait()
+            await process.stop()
 
 
 @pytest.fixture
 async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
-    started = Servers(require_binary("redis-server"), tmp_path)
+    started = Servers(tmp_path)
     try:
         yield started
     finally:
