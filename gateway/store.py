@@ -20,6 +20,7 @@ also run in one MULTI/EXEC.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -222,8 +223,8 @@ def _grant(reply: list[str] | ResponseError | None, key_hash: str) -> Grant:
 def _unreadable(key_hash: str, cause: str) -> StoreUnavailable:
     """The error of one damaged record: the cause is logged, not answered."""
     error_logger.error(
-        "The key record k:%s... cannot be read (%s); requests with its key "
-        "get 503 until it is repaired or deleted.",
+        "The key record k:%s... cannot be read (%s): its key gets 503 and "
+        "lists leave it out until the record is repaired or deleted.",
         key_hash[:12],
         cause,
     )
@@ -242,18 +243,24 @@ def _user_from(data: dict[str, str]) -> User:
 
 
 def _key_from(key_hash: str, data: dict[str, str], used: str | None) -> KeyRecord:
-    return KeyRecord(
-        id=data["id"],
-        key_hash=key_hash,
-        user_id=data["user_id"],
-        name=data["name"],
-        description=data.get("description", ""),
-        created_at=float(data["created_at"]),
-        created_by=data.get("created_by", ""),
-        expires_at=float(data["expires_at"]),
-        hint=data.get("hint", ""),
-        last_used_at=float(used) if used else None,
-    )
+    """The record in ``data``; ``StoreUnavailable`` (logged) if it is damaged."""
+    try:
+        return KeyRecord(
+            id=data["id"],
+            key_hash=key_hash,
+            user_id=data["user_id"],
+            name=data["name"],
+            description=data.get("description", ""),
+            created_at=float(data["created_at"]),
+            created_by=data.get("created_by", ""),
+            expires_at=float(data["expires_at"]),
+            hint=data.get("hint", ""),
+            last_used_at=float(used) if used else None,
+        )
+    except KeyError as exc:
+        raise _unreadable(key_hash, f"no field {exc}") from None
+    except ValueError as exc:
+        raise _unreadable(key_hash, str(exc)) from None
 
 
 # What ``lookup`` finds: the key record and its user, if the key exists.
@@ -572,12 +579,17 @@ class KeyStore:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key_hash in hashes:
                     pipe.hgetall(self._k(key_hash or "-"))
-                rows = await pipe.execute()
+                # A record of the wrong type fails alone (WRONGTYPE in place).
+                rows = await pipe.execute(raise_on_error=False)
             used = await self.redis.hmget(f"{self.ns}:used", ids)
         records, gone = [], []
         for key_id, key_hash, data, last in zip(ids, hashes, rows, used, strict=True):
-            if key_hash and data.get("id"):
-                records.append(_key_from(key_hash, data, last))
+            if isinstance(data, ResponseError):
+                _unreadable(key_hash or "-", str(data))
+            elif key_hash and data.get("id"):
+                # A damaged record is logged and left out; the rest stands.
+                with contextlib.suppress(StoreUnavailable):
+                    records.append(_key_from(key_hash, data, last))
             else:
                 gone.append(key_id)
         if gone:

@@ -344,6 +344,33 @@ async def test_last_used_times_are_recorded_and_listed(
     assert (await store.list_keys(alice))[0].last_used_at == 1_900_000_000.0
 
 
+async def test_a_damaged_record_is_left_out_of_lists_and_refused_alone(
+    store: KeyStore, alice: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records something else garbled or replaced with another type."""
+    kept, _ = await store.create_key(alice, name="kept", expires_at=in_days(2))
+    garbled, garbled_key = await store.create_key(
+        alice, name="garbled", expires_at=in_days(2)
+    )
+    replaced, _ = await store.create_key(alice, name="replaced", expires_at=in_days(2))
+    await store.redis.hset(f"{store.ns}:k:{garbled.key_hash}", "created_at", "nope")
+    await store.redis.delete(f"{store.ns}:k:{replaced.key_hash}")
+    await store.redis.set(f"{store.ns}:k:{replaced.key_hash}", "a string")
+
+    assert [r.id for r in await store.list_keys(alice)] == [kept.id]
+    assert [r.id for r in await store.list_keys()] == [kept.id]
+    with pytest.raises(StoreUnavailable, match="unreadable record"):
+        await store.get_key(garbled.id)
+    with pytest.raises(StoreUnavailable, match="unreadable record"):
+        await store.lookup(store.hash_key(garbled_key))
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.error"]
+    assert any(f"k:{garbled.key_hash[:12]}..." in line for line in logged)
+    assert any("WRONGTYPE" in line for line in logged)
+    # Nothing was taken for a vanished record and dropped from the indexes.
+    assert await store.redis.sismember(f"{store.ns}:keys", garbled.id)
+    assert await store.redis.sismember(f"{store.ns}:keys", replaced.id)
+
+
 async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
     import redis.asyncio as aioredis
 
