@@ -25,6 +25,7 @@ from gateway.store import (
     KeyRecord,
     KeyStore,
     User,
+    explain,
     iso,
     store_from_settings,
 )
@@ -232,7 +233,7 @@ async def check(store: KeyStore, args: argparse.Namespace) -> None:
     try:
         await store.ping()
     except StoreUnavailable as exc:
-        raise CliError(f"Redis: not reachable ({exc.detail})") from None
+        raise CliError(f"Redis: not reachable ({explain(exc)})") from None
     print("Redis: reachable.")
     durable, how = await store.persistence()
     if durable is False:

@@ -3,6 +3,7 @@
     RPA_GATEWAY_REDIS_URL alone          one Redis (``redis.asyncio.Redis``)
     + RPA_GATEWAY_REDIS_SENTINEL_MASTER  the URL's hosts are sentinels; the
                                          client follows that master
+      (+ RPA_GATEWAY_REDIS_SENTINEL_PASSWORD, the sentinels' own password)
     + RPA_GATEWAY_REDIS_CLUSTER=true     the URL's hosts seed a Redis Cluster
 
 ``memory://NAME`` is an in-process Redis for the demo. In each case the URL's
@@ -46,15 +47,18 @@ def _retrying() -> dict[str, Any]:
 
 def open_redis(source: Settings | str) -> Opened:
     """A client for the settings' topology; a bare URL means one Redis."""
+    sentinel_password = None
     if isinstance(source, str):
         url, master, cluster = source, None, False
     else:
         url = source.redis_url.get_secret_value()
         master, cluster = source.redis_sentinel_master, source.redis_cluster
+        if source.redis_sentinel_password is not None:
+            sentinel_password = source.redis_sentinel_password.get_secret_value()
     if url.startswith("memory://"):
         return Opened(_memory(url), atomic=True)
     if master:
-        return Opened(_sentinel(url, master), atomic=True)
+        return Opened(_sentinel(url, master, sentinel_password), atomic=True)
     if cluster:
         # One MULTI/EXEC cannot span slots: the store writes step by step.
         return Opened(_cluster(url), atomic=False)
@@ -81,12 +85,13 @@ class SentinelRedis(aioredis.Redis):
             await sentinel.aclose()
 
 
-def _sentinel(url: str, master: str) -> SentinelRedis:
+def _sentinel(url: str, master: str, password: str | None) -> SentinelRedis:
     address = parse_redis_url(url, default_port=26379)
-    # Sentinels are asked without the data nodes' credentials: no password
-    # of their own yet (Sentinel's requirepass), only TLS like the nodes.
+    # The sentinels get TLS like the data nodes but a password of their own
+    # (Sentinel's requirepass): the URL's credentials are the master's.
     sentinels = Sentinel(
-        list(address.hosts), sentinel_kwargs={**_TIMEOUTS, "ssl": address.tls}
+        list(address.hosts),
+        sentinel_kwargs={**_TIMEOUTS, "ssl": address.tls, "password": password},
     )
     client: SentinelRedis = sentinels.master_for(
         master,

@@ -48,7 +48,7 @@ from gateway.observability import (
 from gateway.problems import GatewayError, NotFound, StoreUnavailable
 from gateway.proxy import Proxy, Receive, Scope, Send, client_host, send_problem
 from gateway.settings import Settings
-from gateway.store import KeyStore, store_from_settings
+from gateway.store import KeyStore, explain, store_from_settings
 from gateway.transport import EdgeProtocol
 from gateway.upstream import Upstream
 from gateway.verifier import Verifier
@@ -119,9 +119,15 @@ class Context:
         try:
             async with asyncio.timeout(READY_TIMEOUT_SECONDS):
                 durable, how = await self.store.persistence()
-        except (StoreUnavailable, TimeoutError):
+        except TimeoutError:
             error_logger.warning(
-                "Could not ask Redis whether it persists data: it is unreachable."
+                "Could not ask Redis whether it persists data: no answer in %g s.",
+                READY_TIMEOUT_SECONDS,
+            )
+            return
+        except StoreUnavailable as exc:
+            error_logger.warning(
+                "Could not ask Redis whether it persists data: %s", explain(exc)
             )
             return
         if durable:

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
 
     # Store. The topology comes before the URL: the URL's check reads it.
     redis_sentinel_master: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # The sentinels' own password (their requirepass), apart from the URL's.
+    redis_sentinel_password: SecretStr | None = None
     redis_cluster: bool = False
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     namespace: str = Field("rpagw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -223,6 +225,17 @@ class Settings(BaseSettings):
             )
         for path in value:
             load_public_key(path)
+        return value
+
+    @field_validator("redis_sentinel_password", mode="before")
+    @classmethod
+    def _sentinel_password(cls, value: Any, info: ValidationInfo) -> Any:
+        if value in ("", None):
+            return None
+        if not info.data.get("redis_sentinel_master"):
+            raise ValueError(
+                f"a sentinel password needs {ENV_PREFIX}REDIS_SENTINEL_MASTER"
+            )
         return value
 
     @field_validator("redis_cluster")

@@ -102,6 +102,23 @@ async def translate_redis_errors() -> AsyncIterator[None]:
         raise StoreUnavailable(f"The key store refused a command: {exc}.") from exc
 
 
+def explain(exc: StoreUnavailable) -> str:
+    """The error and the Redis client's own reason, for an operator.
+
+    Clients get the detail alone. The reason names hosts, ports and what a
+    server answered; redis-py leaves passwords out of it.
+    """
+    cause = exc.__cause__
+    if cause is None or not str(cause):
+        return exc.detail
+    reason = _CLIENT_REPR.sub(r"\1:\2", str(cause))
+    return f"{exc.detail} {type(cause).__name__}: {reason}"
+
+
+# How redis-py names a sentinel it asked in vain: its client's whole repr.
+_CLIENT_REPR = re.compile(r"<redis\.[\w.]+\(.*?\bhost=([^,>]+),port=(\d+).*?\)>(?= - )")
+
+
 def iso(timestamp: float) -> str:
     """RFC 3339 in UTC with a Z, to the second."""
     moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)

@@ -214,10 +214,13 @@ def test_check_fails_when_redis_is_unreachable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", PEPPER)
-    monkeypatch.setenv("RPA_GATEWAY_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("RPA_GATEWAY_REDIS_URL", "redis://:pw-in-url@127.0.0.1:1/0")
     status, _, err = run(capsys, "check")
     assert status == 1
     assert "Redis: not reachable" in err
+    # The client's own reason, which names the address but not the password.
+    assert "ConnectionError" in err and "127.0.0.1:1" in err
+    assert "pw-in-url" not in err
 
 
 def test_a_missing_pepper_exits_2_naming_the_variable(

@@ -44,7 +44,27 @@ async def test_sentinel_follows_the_named_master_and_keeps_multi_exec() -> None:
         for s in pool.sentinel_manager.sentinels
     ]
     assert sentinels == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
+    # The sentinels are asked without the master's password.
+    assert all(
+        s.connection_pool.connection_kwargs.get("password") is None
+        for s in pool.sentinel_manager.sentinels
+    )
     assert "hunter2secret" not in repr(client) + repr(pool)
+    await client.aclose()
+
+
+async def test_sentinels_with_a_password_of_their_own_get_it() -> None:
+    settings = settings_for(
+        "redis://:hunter2secret@10.0.0.1/0",
+        redis_sentinel_master="main",
+        redis_sentinel_password="sentinel-secret",
+    )
+    client, _ = open_redis(settings)
+    pool = client.connection_pool
+    assert pool.connection_kwargs["password"] == "hunter2secret"
+    (sentinel,) = pool.sentinel_manager.sentinels
+    assert sentinel.connection_pool.connection_kwargs["password"] == "sentinel-secret"
+    assert "sentinel-secret" not in repr(client) + repr(pool) + repr(sentinel)
     await client.aclose()
 
 

@@ -142,6 +142,12 @@ def test_a_dotenv_file_is_read(
             id="sentinel-without-host",
         ),
         pytest.param(
+            {"REDIS_SENTINEL_PASSWORD": "sentinel-secret"},
+            "REDIS_SENTINEL_PASSWORD",
+            "needs RPA_GATEWAY_REDIS_SENTINEL_MASTER",
+            id="sentinel-password-without-sentinel",
+        ),
+        pytest.param(
             {"REDIS_SENTINEL_MASTER": "no spaces"},
             "REDIS_SENTINEL_MASTER",
             "pattern",
@@ -174,10 +180,14 @@ def test_a_redis_topology_is_read_without_echoing_the_password(
     monkeypatch.setenv(
         "RPA_GATEWAY_REDIS_URL", "rediss://app:hunter2secret@s1:26379,s2/0"
     )
+    monkeypatch.setenv("RPA_GATEWAY_REDIS_SENTINEL_PASSWORD", "sentinel-secret")
     settings = load_settings()
     assert settings.redis_sentinel_master == "main"
     assert settings.redis_cluster is False
+    assert settings.redis_sentinel_password is not None
+    assert settings.redis_sentinel_password.get_secret_value() == "sentinel-secret"
     assert "hunter2secret" not in repr(settings)
+    assert "sentinel-secret" not in repr(settings)
     address = parse_redis_url(settings.redis_url.get_secret_value(), 26379)
     assert address.hosts == (("s1", 26379), ("s2", 26379))
     assert (address.tls, address.db, address.username) == (True, 0, "app")
