@@ -204,14 +204,29 @@ def check_privileges(privileges: Iterable[str]) -> frozenset[str]:
     return chosen
 
 
-# What the verifier needs, and only that, for many keys in one pipeline:
-# key id, user id, expiry, whether the user exists, and its disabled flag.
-# Empty strings stand for missing fields (a nil would cut a Lua array short).
+# What the verifier needs, and only that, for every key record in KEYS, in
+# one call: key id, user id, expiry, whether the user exists, and its
+# disabled flag. Empty strings stand for missing fields (a nil would cut a
+# Lua array short); false for a key that does not exist; {'!', error} for a
+# record that cannot be read (another type in its place).
 _GRANT = """
-local key = redis.call('HMGET', KEYS[1], 'id', 'user_id', 'expires_at')
-if not key[1] or not key[2] then return false end
-local user = redis.call('HMGET', ARGV[1] .. key[2], 'id', 'disabled')
-return {key[1], key[2], key[3] or '0', user[1] or '', user[2] or ''}
+local users, out = ARGV[1], {}
+for i, name in ipairs(KEYS) do
+  local key = redis.pcall('HMGET', name, 'id', 'user_id', 'expires_at')
+  if key.err then
+    out[i] = {'!', key.err}
+  elseif not key[1] or not key[2] then
+    out[i] = false
+  else
+    local user = redis.pcall('HMGET', users .. key[2], 'id', 'disabled')
+    if user.err then
+      out[i] = {'!', user.err}
+    else
+      out[i] = {key[1], key[2], key[3] or '0', user[1] or '', user[2] or ''}
+    end
+  end
+end
+return out
 """
 
 
@@ -220,13 +235,13 @@ return {key[1], key[2], key[3] or '0', user[1] or '', user[2] or ''}
 Grant = Identity | None | StoreUnavailable
 
 
-def _grant(reply: list[str] | ResponseError | None, key_hash: str) -> Grant:
-    """What one ``_GRANT`` answer grants, if the key and user are good."""
-    if isinstance(reply, ResponseError):
-        # A record of the wrong type (WRONGTYPE), written by something else.
-        return _unreadable(key_hash, str(reply))
+def _grant(reply: list[str] | None, key_hash: str) -> Grant:
+    """What one key's part of a ``_GRANT`` answer grants, if key and user are good."""
     if not reply:
         return None
+    if reply[0] == "!":
+        # A record of the wrong type (WRONGTYPE), written by something else.
+        return _unreadable(key_hash, reply[1])
     key_id, user_id, expires_at, user_found, disabled = reply
     if not user_found or disabled == "1":
         return None
@@ -522,44 +537,33 @@ class KeyStore:
         return record, await self.get_user(record.user_id)
 
     async def identities(self, hashes: Sequence[str]) -> list[Grant]:
-        """What each key grants, for the verifier, in one round trip.
+        """What each key grants, for the verifier, in one script call.
 
-        On a single Redis only (the script reads the user record, which on
-        Cluster lives in another slot). A pipeline of script calls for
-        several keys, a plain call for one. Losing Redis fails them all
+        On a single Redis only (the script reads user records, which on
+        Cluster live in other slots). Losing Redis fails them all
         (``StoreUnavailable`` is raised); a record that cannot be read
         fails its own key only (its place in the list holds the error).
         The answer carries three fields of the key and two of the user
         rather than both records: a miss under load spent a fifth of its
         time turning whole records into objects the verifier never used.
+        One call for the whole batch rather than a pipeline of one call
+        per key leaves redis-py one command to pack and one reply to read.
         """
+        names = [self._k(key_hash) for key_hash in hashes]
         async with translate_redis_errors():
             try:
-                replies = await self._grants(hashes)
+                replies = await self._grants(names)
             except NoScriptError:
                 # A restarted or flushed Redis forgot the script. (redis-py's
-                # own loading in pipelines costs a SCRIPT EXISTS every time.)
+                # own Script objects cost a SCRIPT EXISTS on every pipeline.)
                 await self.redis.script_load(_GRANT)
-                replies = await self._grants(hashes)
+                replies = await self._grants(names)
         return [_grant(reply, h) for reply, h in zip(replies, hashes, strict=True)]
 
-    async def _grants(self, hashes: Sequence[str]) -> list[Any]:
-        """The script's replies, a command's ``ResponseError`` in its place."""
-        sha, users = self._grant_sha, f"{self.ns}:u:"
-        if len(hashes) == 1:
-            try:
-                return [await self.redis.evalsha(sha, 1, self._k(hashes[0]), users)]
-            except NoScriptError:
-                raise
-            except ResponseError as exc:
-                return [exc]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key_hash in hashes:
-                pipe.evalsha(sha, 1, self._k(key_hash), users)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, NoScriptError):
-                raise reply
+    async def _grants(self, names: list[str]) -> list[Any]:
+        replies: list[Any] = await self.redis.evalsha(
+            self._grant_sha, len(names), *names, f"{self.ns}:u:"
+        )
         return replies
 
     async def get_key(self, key_id: str) -> KeyRecord | None:

@@ -321,9 +321,7 @@ class CommandCounter:
                 except BaseException:
                     self.pipelines += 1
                     raise
-                # Errors kept in place (raise_on_error=False): NOSCRIPT too.
-                if not any(isinstance(reply, NoScriptError) for reply in result):
-                    self.pipelines += 1
+                self.pipelines += 1
                 return result
 
             pipe.execute = counting_execute
