@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr | None = None
     redis_cluster: bool = False
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # Each change waits for this many Redis replicas to confirm it.
+    redis_wait_replicas: int = Field(0, ge=0, le=64)
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
     namespace: str = Field("rpagw", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     key_pepper: SecretStr
     max_key_lifetime_days: int = Field(366, ge=1, le=3660)
@@ -272,6 +275,21 @@ class Settings(BaseSettings):
             raise ValueError(f"{topology} takes no ?options in the URL")
         if cluster and address.db != 0:
             raise ValueError("Redis Cluster has only database 0")
+        return value
+
+    @field_validator("redis_wait_replicas")
+    @classmethod
+    def _wait_replicas(cls, value: int, info: ValidationInfo) -> int:
+        if not value:
+            return value
+        if info.data.get("redis_cluster"):
+            raise ValueError(
+                "waiting for replicas is not supported on Redis Cluster; "
+                f"unset {ENV_PREFIX}REDIS_WAIT_REPLICAS"
+            )
+        url = info.data.get("redis_url")
+        if url is not None and url.get_secret_value().startswith("memory://"):
+            raise ValueError("the in-process store has no replicas to wait for")
         return value
 
     @property

@@ -314,6 +314,8 @@ class KeyStore:
         max_lifetime_days: int = 366,
         retention_days: int = 30,
         atomic: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         # Typed loosely: redis-py's annotations cannot express that a client
         # made with decode_responses=True returns str, never bytes.
@@ -325,6 +327,9 @@ class KeyStore:
         self.retention_seconds = retention_days * 86400
         # False on Redis Cluster: the steps then run one by one, in order.
         self.atomic = atomic
+        # Replicas that must confirm each change before it counts as done.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     def __repr__(self) -> str:
         return f"KeyStore(namespace={self.ns!r}, atomic={self.atomic})"
@@ -352,7 +357,9 @@ class KeyStore:
     async def _write(self, steps: list[Step]) -> None:
         """Run the steps in order: in one MULTI/EXEC, or one by one."""
         async with translate_redis_errors():
-            if self.atomic:
+            if self.atomic and self.wait_replicas:
+                await self._write_replicated(steps)
+            elif self.atomic:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     for step in steps:
                         step(pipe)
@@ -360,6 +367,37 @@ class KeyStore:
             else:
                 for step in steps:
                     await step(self.redis)
+
+    async def _write_replicated(self, steps: list[Step]) -> None:
+        """MULTI, the steps, EXEC and WAIT, all on one connection.
+
+        WAIT counts the replicas that have every write of its own
+        connection, so it must follow EXEC on the same one: a plain
+        pipeline carrying MULTI and EXEC as commands does that, where
+        redis-py's transaction pipeline would hand the connection back
+        after EXEC. A change too few replicas confirm in time is kept (the
+        master has it) and logged: a failover now could lose it.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command("MULTI")
+            for step in steps:
+                step(pipe)
+            pipe.execute_command("EXEC")
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            replies = await pipe.execute()
+        results, confirmed = replies[-2], int(replies[-1])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        if confirmed < self.wait_replicas:
+            error_logger.warning(
+                "A change to the key store was confirmed by %d of %d Redis "
+                "replicas within %d ms; the master has it, but a failover "
+                "before the replicas catch up would lose it.",
+                confirmed,
+                self.wait_replicas,
+                self.wait_timeout_ms,
+            )
 
     # Users ---------------------------------------------------------------
 
@@ -733,4 +771,6 @@ def store_from_settings(settings: Settings, redis: Redis | None = None) -> KeySt
         max_lifetime_days=settings.max_key_lifetime_days,
         retention_days=settings.expired_retention_days,
         atomic=atomic,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )

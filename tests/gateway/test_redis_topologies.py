@@ -96,6 +96,21 @@ async def start_master(servers: Servers) -> int:
     return port
 
 
+async def start_replica(servers: Servers, master: int) -> int:
+    """A replica of the master, in sync when this returns; its port."""
+    port = free_port()
+    await servers.start(
+        "replica",
+        "--port",
+        str(port),
+        "--replicaof",
+        "127.0.0.1",
+        str(master),
+        ready=b"MASTER <-> REPLICA sync: Finished",
+    )
+    return port
+
+
 @pytest.fixture
 async def sentinel_url(servers: Servers, tmp_path: Path) -> str:
     """A master and one sentinel watching it; the URL names the sentinel."""
@@ -286,16 +301,7 @@ async def test_after_a_sentinel_failover_keys_verify_and_revocations_arrive(
 ) -> None:
     """The master dies; the sentinel promotes its replica; the gateway follows."""
     master = await start_master(servers)
-    replica = free_port()
-    await servers.start(
-        "replica",
-        "--port",
-        str(replica),
-        "--replicaof",
-        "127.0.0.1",
-        str(master),
-        ready=b"MASTER <-> REPLICA sync: Finished",
-    )
+    replica = await start_replica(servers, master)
     # Shorter than this, the promoted replica can itself look down while
     # the sentinel reconnects to it after the switch, and fail over again.
     url = await start_sentinel(servers, tmp_path, master, down_after_ms=1000)
@@ -354,3 +360,41 @@ async def eventually(action: Callable[[], Awaitable[T]]) -> T:
             return await action()
         except StoreUnavailable:
             await asyncio.sleep(0.05)
+
+
+async def test_waiting_for_a_replica_confirms_each_change_or_says_it_did_not(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    master = await start_master(servers)
+    replica = await start_replica(servers, master)
+    settings = topology_settings(
+        f"redis://127.0.0.1:{master}/0",
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=300,
+    )
+    store = store_from_settings(settings)
+    on_replica = aioredis.Redis(port=replica, decode_responses=True)
+    try:
+        await store.add_user("alice", "Alice", ["user_api_key.create"])
+        record, _ = await store.create_key("alice", name="robot", expires_at=IN_A_MONTH)
+        # The answer came after the replica confirmed: it has the record.
+        name = f"topo:k:{record.key_hash}"
+        assert await on_replica.hget(name, "id") == record.id
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+        # A step that fails inside the transaction is reported.
+        await store.redis.set("topo:keys", "not a set")
+        with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+            await store.create_key("alice", name="second", expires_at=IN_A_MONTH)
+        await store.redis.delete("topo:keys")
+
+        servers.kill("replica")
+        started = time.monotonic()
+        await store.revoke_key(record.id)
+        assert time.monotonic() - started >= 0.25  # it waited, then gave up
+        assert await store.get_key(record.id) is None  # the master has it
+        (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert "confirmed by 0 of 1 Redis replicas within 300 ms" in warning.message
+    finally:
+        await on_replica.aclose()
+        await store.redis.aclose()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from gateway.settings import SettingsError, load_settings, parse_redis_url
+from gateway.settings import Settings, SettingsError, load_settings, parse_redis_url
 
 GOOD_PEPPER = "x" * 40
 
@@ -148,6 +151,18 @@ def test_a_dotenv_file_is_read(
             id="sentinel-password-without-sentinel",
         ),
         pytest.param(
+            {"REDIS_CLUSTER": "true", "REDIS_WAIT_REPLICAS": "1"},
+            "REDIS_WAIT_REPLICAS",
+            "not supported on Redis Cluster",
+            id="wait-on-cluster",
+        ),
+        pytest.param(
+            {"REDIS_URL": "memory://x", "REDIS_WAIT_REPLICAS": "1"},
+            "REDIS_WAIT_REPLICAS",
+            "no replicas to wait for",
+            id="wait-in-memory",
+        ),
+        pytest.param(
             {"REDIS_SENTINEL_MASTER": "no spaces"},
             "REDIS_SENTINEL_MASTER",
             "pattern",
@@ -205,3 +220,19 @@ def test_a_bad_port_in_a_password_url_does_not_echo_the_password(
         load_settings()
     assert "'a:x'" in str(caught.value)
     assert "hunter2secret" not in str(caught.value)
+
+
+def test_the_example_env_names_every_setting_and_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """config/example.env stays complete, and its values are valid as shown."""
+    text = (Path(__file__).parents[2] / "config" / "example.env").read_text()
+    shown = re.findall(r"^#? ?RPA_GATEWAY_([A-Z0-9_]+)=(.*)$", text, re.MULTILINE)
+    assert {name.lower() for name, _ in shown} == set(Settings.model_fields)
+    for line in text.splitlines():
+        if line.startswith("RPA_GATEWAY_"):
+            name, _, value = line.partition("=")
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RPA_GATEWAY_KEY_PEPPER", GOOD_PEPPER)
+    settings = load_settings()
+    assert settings.namespace == "rpagw"
