@@ -41,6 +41,10 @@ DESCRIPTIONS = {
     ),
     "gateway_forward_auth": "nginx auth_request to the gateway's /_gateway/auth",
     "gateway_workers": "rpa-gateway serve --workers 2",
+    "gateway_assertions": (
+        "as gateway, with signed identity assertions on (Ed25519): each "
+        "proxied request carries a JWT"
+    ),
 }
 NAMES = tuple(DESCRIPTIONS)
 GATEWAY_NAMES = tuple(name for name in NAMES if name.startswith("gateway"))
@@ -237,6 +241,28 @@ def gateway_workers(env: Environment) -> Setup:
     return Setup("gateway_workers", _url(port), env.pool.hit_file, [service], 401)
 
 
+def write_signing_key(path: Path) -> Path:
+    """A fresh Ed25519 private key in PEM, readable by its owner only."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.touch(mode=0o600)
+    path.write_bytes(pem)
+    return path
+
+
+def gateway_assertions(env: Environment) -> Setup:
+    signing_key = write_signing_key(env.prefix("gateway_assertions") / "signing.pem")
+    extra = {"RPA_GATEWAY_ASSERTION_KEY_FILE": str(signing_key)}
+    service, port = start_gateway(env, "gateway_assertions", extra=extra)
+    return Setup("gateway_assertions", _url(port), env.pool.hit_file, [service], 401)
+
+
 STARTERS: dict[str, Callable[[Environment], Setup]] = {
     "direct": direct,
     "nginx_proxy": nginx_proxy,
@@ -246,4 +272,5 @@ STARTERS: dict[str, Callable[[Environment], Setup]] = {
     "gateway_miss": gateway_miss,
     "gateway_forward_auth": gateway_forward_auth,
     "gateway_workers": gateway_workers,
+    "gateway_assertions": gateway_assertions,
 }

@@ -235,6 +235,20 @@ def _other_figures(result: Mapping[str, Any]) -> list[str]:
             f"process memory per cached key at "
             f"{_number(memory.get('cached_keys'))} cached keys."
         )
+    configurations = result.get("configurations", {})
+    signed = [
+        _divide(
+            _figure(configurations, "gateway_assertions", "rps", connections),
+            _figure(configurations, "gateway", "rps", connections),
+        )
+        for connections in (RATIO_CONNECTIONS, 128)
+    ]
+    if signed[0] is not None:
+        at_128 = f", {signed[1]:.3f} at 128" if signed[1] is not None else ""
+        lines.append(
+            f"- Signed identity assertions on (no target): gateway_assertions / "
+            f"gateway {signed[0]:.3f} at {RATIO_CONNECTIONS} connections{at_128}."
+        )
     extra = result.get("ratios_at_128")
     if extra:
         shown = ", ".join(f"{k} {_number(v, 3)}" for k, v in extra.items())
