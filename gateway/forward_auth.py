@@ -67,7 +67,10 @@ class ForwardAuth:
             query = own_query
             for name, value in found.items():
                 if name in _ORIGINAL_URI:
-                    text: str = urlsplit(value.decode("latin-1")).query
+                    try:
+                        text: str = urlsplit(value.decode("latin-1")).query
+                    except ValueError:  # "//[::1/" and the like: no query
+                        text = ""
                     query = text.encode("latin-1")
                     break
         return self.verifier.key_in(found, query)

@@ -1,6 +1,7 @@
 """The small exception tree and its problem+json rendering (RFC 9457).
 
     GatewayError
+     ├── BadRequest         400, a request the gateway cannot forward
      ├── InvalidInput       422, names the field and the rule
      ├── NotFound           404
      ├── Conflict           409
@@ -37,6 +38,12 @@ class GatewayError(Exception):
 
     def headers(self, realm: str) -> dict[str, str]:
         return {}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
 
 
 class InvalidInput(GatewayError):

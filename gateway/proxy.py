@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
+from urllib.parse import unquote_plus
 
 import aiohttp
 
@@ -46,6 +47,19 @@ _EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 SMALL_BODY = 64 * 1024
 _PROBLEM_TYPE = (b"content-type", b"application/problem+json")
 _NO_STORE = (b"cache-control", b"no-store")
+
+
+def without_param(query: bytes, param: str) -> bytes:
+    """The query string without any ``param=...`` pair, the rest as it came.
+
+    A key accepted from the query must not reach the upstream and its logs.
+    """
+    kept = [
+        pair
+        for pair in query.split(b"&")
+        if unquote_plus(pair.partition(b"=")[0].decode("latin-1")) != param
+    ]
+    return b"&".join(kept)
 
 
 async def send_problem(
@@ -164,8 +178,11 @@ class Proxy:
             )
             body = RequestBody(receive) if has_body(headers) else None
             target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-            if scope["query_string"]:
-                target += "?" + scope["query_string"].decode("latin-1")
+            query = scope["query_string"]
+            if query and verifier.query_param:
+                query = without_param(query, verifier.query_param)
+            if query:
+                target += "?" + query.decode("latin-1")
             try:
                 response = await self.upstream.request(
                     scope["method"], target, forward, body
@@ -197,7 +214,7 @@ class Proxy:
                 try:
                     small = await response.read()
                 except UPSTREAM_ERRORS as exc:
-                    raise upstream_failure(exc, self.upstream.base_url) from exc
+                    raise upstream_failure(exc) from exc
                 await send({"type": "http.response.body", "body": small})
             else:
                 await self._stream(receive, send, response, body)
@@ -246,7 +263,7 @@ class Proxy:
         pending: bytes | None = None
         watcher: asyncio.Future[Message] | None = None
         try:
-            with translate_errors(self.upstream.base_url):
+            with translate_errors():
                 async for chunk in response.content.iter_any():
                     if pending is not None:
                         if watcher is None and (body is None or body.finished):

@@ -251,12 +251,12 @@ class Edge:
         task (see ``gateway.transport``); ``None`` sends the request down
         the ASGI path as usual. Only forward-auth checks of cached keys are
         answered here, and only for plain ASCII paths without
-        percent-escapes (the ASGI path decodes those).
+        percent-escapes or a fragment (the ASGI path decodes and drops those).
         """
         path, _, query = target.partition(b"?")
         if path != _AUTH_PATH and not path.startswith(_AUTH_PREFIX):
             return None
-        if b"%" in path or not path.isascii():
+        if b"%" in path or b"#" in target or not path.isascii():
             return None
         return self.forward_auth.answer_now(
             method.decode("ascii"), path.decode("ascii"), query, headers, client

@@ -95,6 +95,41 @@ class EarlyAnswers(Protocol):
     ) -> bytes | None: ...
 
 
+# What a request line and headers may hold in all (nginx's default buffers
+# allow 32 KiB; a proxy in front usually refuses such requests first).
+MAX_HEAD_BYTES = 64 * 1024
+_HEAD_TOO_LARGE_TEXT = b"The request line and headers exceed 65536 bytes."
+_HEAD_TOO_LARGE = b"".join(
+    (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(_HEAD_TOO_LARGE_TEXT),
+        b"connection: close\r\n\r\n",
+        _HEAD_TOO_LARGE_TEXT,
+    )
+)
+
+
+class HeadTooLarge(Exception):
+    """Raised from a parser callback when a request's head is too large."""
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request announces a body (uvicorn gives lower-case names).
+
+    The parser checks a body's framing (Transfer-Encoding, chunk sizes)
+    only after the head's callback: an answer given from there for such a
+    request could be followed by the parser's own 400, two responses to
+    one request. Those requests take the usual path.
+    """
+    for name, value in headers:
+        if name == b"transfer-encoding" or (
+            name == b"content-length" and value.strip() != b"0"
+        ):
+            return True
+    return False
+
+
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with coalesced writes and early answers.
 
@@ -104,7 +139,7 @@ class EdgeProtocol(HttpToolsProtocol):
     an answer returned is written at once, and the request never gets an
     ASGI task, scope or request cycle. A request is offered only when that
     changes nothing else on the connection: HTTP/1.1 with keep-alive, no
-    ``Expect``, no upgrade, no earlier response still being sent, the
+    ``Expect``, no upgrade, no body, no earlier response still being sent, the
     client reading its answers, and no header that uvicorn would add
     (Server, Date). The usual path takes everything else, and whatever the
     app returns ``None`` for.
@@ -124,6 +159,7 @@ class EdgeProtocol(HttpToolsProtocol):
             app.answer_now if plain and isinstance(app, EarlyAnswers) else None
         )
         self._answered = False
+        self._head_left = MAX_HEAD_BYTES
         self._idle_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -134,9 +170,38 @@ class EdgeProtocol(HttpToolsProtocol):
         # What the parser's callbacks fill in; the ASGI scope is only made
         # for a request that goes to the app (about 2 us a request).
         self._answered = False
+        self._head_left = MAX_HEAD_BYTES
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+
+    # The request line and headers may hold MAX_HEAD_BYTES in all; past
+    # that, 431 and the connection is closed. (uvicorn's own callbacks,
+    # with the count added: the parser itself sets no limit.)
+    def on_url(self, url: bytes) -> None:
+        self._head_left -= len(url)
+        if self._head_left < 0:
+            raise HeadTooLarge
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_left -= len(name) + len(value) + 4
+        if self._head_left < 0:
+            raise HeadTooLarge
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def send_400_response(self, msg: str) -> None:
+        # The parser reports an exception raised in a callback as a bad
+        # request; uvicorn answers that with 400 and closes.
+        if self._head_left >= 0:
+            super().send_400_response(msg)
+            return
+        self.transport.write(_HEAD_TOO_LARGE)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         if self._answer_now is not None and self._may_answer_now():
@@ -146,6 +211,9 @@ class EdgeProtocol(HttpToolsProtocol):
                 self.transport.write(answer)
                 self.on_response_complete()
                 return
+        # A request for the app: the connection is busy until its response
+        # (a pipelined request after an early answer must not be timed out).
+        self._idle_since = None
         # uvicorn's own start of a message makes the scope; it also resets
         # what the parser filled in since, so that is put back.
         url, headers, expect = self.url, self.headers, self.expect_100_continue
@@ -153,12 +221,6 @@ class EdgeProtocol(HttpToolsProtocol):
         self.url, self.expect_100_continue = url, expect
         self.headers = self.scope["headers"] = headers
         super().on_headers_complete()
-
-    # A body of a request answered early is read and dropped, as uvicorn
-    # drops the rest of a body once the app has sent its whole response.
-    def on_body(self, body: bytes) -> None:
-        if not self._answered:
-            super().on_body(body)
 
     def on_message_complete(self) -> None:
         if not self._answered:
@@ -177,6 +239,7 @@ class EdgeProtocol(HttpToolsProtocol):
             or parser.get_http_version() != "1.1"
             or not parser.should_keep_alive()
             or parser.should_upgrade()
+            or _has_body(self.headers)
         )
 
     def _early_answer(self) -> bytes | None:

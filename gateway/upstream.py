@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import aiohttp
 from yarl import URL
 
-from gateway.problems import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.problems import BadRequest, GatewayError, UpstreamError, UpstreamTimeout
 from gateway.settings import Settings
 
 # Headers aiohttp would otherwise invent; the client's own copies, when
@@ -29,24 +29,26 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 UPSTREAM_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
 
-def upstream_failure(exc: BaseException, url: str) -> GatewayError:
-    """The gateway error for an aiohttp or socket error talking to the upstream."""
+def upstream_failure(exc: BaseException) -> GatewayError:
+    """The gateway error for an aiohttp or socket error talking to the upstream.
+
+    The detail names no address: it goes to clients, and the upstream URL
+    is internal (and may carry credentials).
+    """
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"The upstream '{url}' did not answer in time.")
+        return UpstreamTimeout("The upstream did not answer in time.")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(f"The upstream '{url}' refused the connection.")
-    return UpstreamError(
-        f"The upstream '{url}' broke the connection ({type(exc).__name__})."
-    )
+        return UpstreamError("The upstream refused the connection.")
+    return UpstreamError(f"The upstream broke the connection ({type(exc).__name__}).")
 
 
 @contextmanager
-def translate_errors(url: str) -> Iterator[None]:
+def translate_errors() -> Iterator[None]:
     """Map aiohttp and socket errors to 502 and 504, most specific first."""
     try:
         yield
     except UPSTREAM_ERRORS as exc:
-        raise upstream_failure(exc, url) from exc
+        raise upstream_failure(exc) from exc
 
 
 class Upstream:
@@ -108,7 +110,14 @@ class Upstream:
         headers: list[tuple[str, str]],
         body: AsyncIterable[bytes] | None,
     ) -> aiohttp.ClientResponse:
-        """Send the request; the response body is left to the caller."""
+        """Send the request; the response body is left to the caller.
+
+        ``path_and_query`` must start with ``/``: anything else (``*`` or
+        ``*@host/``, which HTTP parsers let through) would be read as part
+        of the URL's authority and send the request to another host.
+        """
+        if path_and_query[:1] != "/":
+            raise BadRequest("The request target must be a path starting with '/'.")
         # The path is forwarded byte for byte: yarl must not re-quote it.
         url = URL(self.base_url + path_and_query, encoded=True)
         try:
@@ -116,7 +125,7 @@ class Upstream:
                 method, url, headers=headers, data=body, allow_redirects=False
             )
         except UPSTREAM_ERRORS as exc:
-            raise upstream_failure(exc, self.base_url) from exc
+            raise upstream_failure(exc) from exc
         return response
 
     async def aclose(self) -> None:

@@ -177,9 +177,10 @@ async def test_pipelined_requests_are_answered_in_order(
     assert last[0] == 200 and spy.answered >= 1
 
 
-async def test_the_body_of_an_early_answered_check_is_read_and_dropped(
+async def test_a_check_with_a_body_takes_the_asgi_path(
     context: Context, make_key: KeyMaker
 ) -> None:
+    """Content-Length: 0 is no body; any other announces one."""
     _, key = await make_key("alice")
     await context.verifier.verify(key)
     async with edge_connection(context) as (reader, writer, spy):
@@ -187,10 +188,57 @@ async def test_the_body_of_an_early_answered_check_is_read_and_dropped(
             request("/_gateway/auth", key, extra="Content-Length: 5\r\n") + b"hello"
         )
         first = await read_answer(reader)
-        writer.write(request("/rpa/after", key))
+        assert spy.answered == 0
+        writer.write(request("/_gateway/auth", key, extra="Content-Length: 0\r\n"))
         second = await read_answer(reader)
-    assert spy.answered == 1 and first[0] == 200
-    assert second[0] == 200 and orjson.loads(second[2])["path"] == "/rpa/after"
+        assert spy.answered == 1
+        writer.write(request("/rpa/after", key))
+        third = await read_answer(reader)
+    assert first[0] == second[0] == 200
+    assert third[0] == 200 and orjson.loads(third[2])["path"] == "/rpa/after"
+
+
+@pytest.mark.parametrize(
+    ("extra", "body"),
+    [
+        ("Transfer-Encoding: gzip\r\n", b""),
+        ("Transfer-Encoding: chunked\r\n", b"zz\r\n"),
+    ],
+    ids=["unknown-coding", "bad-chunk"],
+)
+async def test_a_badly_framed_check_gets_one_answer_the_parsers_400(
+    context: Context, make_key: KeyMaker, extra: str, body: bytes
+) -> None:
+    """The parser finds these faults after the head: no 200 may precede its 400."""
+    _, key = await make_key("alice")
+    await context.verifier.verify(key)
+    async with edge_connection(context) as (reader, writer, spy):
+        writer.write(request("/_gateway/auth", key, extra=extra) + body)
+        everything = await asyncio.wait_for(reader.read(), 5)
+    assert spy.answered == 0
+    assert everything.startswith(b"HTTP/1.1 400 ")
+    assert everything.count(b"HTTP/1.1 ") == 1
+
+
+async def test_a_request_pipelined_after_an_early_answer_is_not_timed_out(
+    context: Context, make_key: KeyMaker, upstream: Any
+) -> None:
+    """The idle timer armed by the early answer must not close a busy connection."""
+    _, key = await make_key("alice")
+    await context.verifier.verify(key)
+    async with edge_connection(context, timeout_keep_alive=0.3) as (
+        reader,
+        writer,
+        spy,
+    ):
+        writer.write(request("/_gateway/auth", key) + request("/stall", key))
+        first = await read_answer(reader)
+        await asyncio.sleep(0.6)  # the stalled request outlives the timeout
+        upstream.release.set()
+        second = await read_answer(reader)
+    assert spy.answered == 1
+    assert first[0] == 200
+    assert second[0] == 200 and orjson.loads(second[2])["path"] == "/stall"
 
 
 @pytest.mark.parametrize(
@@ -278,3 +326,88 @@ async def test_a_request_slower_than_the_keep_alive_timeout_is_not_cut(
         writer.write(request("/_gateway/auth", key))
         assert (await read_answer(reader))[0] == 200
         assert await asyncio.wait_for(reader.read(), 5) == b""
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "OPTIONS"])
+async def test_a_target_that_is_no_path_is_refused_and_reaches_no_other_host(
+    context: Context, make_key: KeyMaker, method: str
+) -> None:
+    """``*@host/...`` would read as the upstream URL's user info: 400, no request."""
+    _, key = await make_key("alice")
+    reached: list[bytes] = []
+
+    async def other_host(reader: asyncio.StreamReader, writer: Any) -> None:
+        reached.append(await reader.read(1000))
+        writer.close()
+
+    elsewhere = await asyncio.start_server(other_host, "127.0.0.1", 0)
+    port = elsewhere.sockets[0].getsockname()[1]
+    try:
+        async with edge_connection(context) as (reader, writer, _):
+            for target in (f"*@127.0.0.1:{port}/secret?q=1", "*"):
+                raw = request(target, key).replace(b"GET ", f"{method} ".encode(), 1)
+                writer.write(raw)
+                status, headers, body = await read_answer(reader)
+                assert status == 400
+                assert headers["content-type"] == "application/problem+json"
+                assert orjson.loads(body)["detail"] == (
+                    "The request target must be a path starting with '/'."
+                )
+            # The connection is still good for a proper request.
+            writer.write(request("/_gateway/health"))
+            assert (await read_answer(reader))[0] == 200
+    finally:
+        elsewhere.close()
+        await elsewhere.wait_closed()
+    assert reached == []
+
+
+async def test_a_target_with_a_fragment_is_not_answered_early(
+    context: Context, make_key: KeyMaker
+) -> None:
+    """The ASGI path drops the fragment, and the query after it with it."""
+    allowing = context.settings.model_copy(update={"allow_query_key": True})
+    ctx = Context.create(allowing, context.store)
+    _, key = await make_key("alice")
+    await ctx.verifier.verify(key)
+    try:
+        async with edge_connection(ctx) as (reader, writer, spy):
+            writer.write(request(f"/_gateway/auth/x#f?api_key={key}"))
+            status, _, body = await read_answer(reader)
+            writer.write(request(f"/_gateway/auth/x?api_key={key}"))
+            allowed = await read_answer(reader)
+    finally:
+        await ctx.aclose()
+    assert spy.answered == 1  # the second one only
+    assert status == 401
+    assert orjson.loads(body)["detail"] == "An API key is required."
+    assert allowed[0] == 200
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "X-Big: " + "a" * 70_000 + "\r\n",
+        "".join(f"X-{i}: v\r\n" for i in range(7_000)),
+    ],
+    ids=["one-long-header", "many-headers"],
+)
+async def test_a_head_beyond_64_kib_gets_431_and_the_connection_closes(
+    context: Context, make_key: KeyMaker, extra: str
+) -> None:
+    _, key = await make_key("alice")
+    async with edge_connection(context) as (reader, writer, _):
+        writer.write(request("/rpa/x", key, extra=extra))
+        everything = await asyncio.wait_for(reader.read(), 5)
+    assert everything.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert everything.count(b"HTTP/1.1 ") == 1
+
+
+async def test_a_head_just_under_the_limit_is_served(
+    context: Context, make_key: KeyMaker
+) -> None:
+    _, key = await make_key("alice")
+    async with edge_connection(context) as (reader, writer, _):
+        writer.write(request("/rpa/x", key, extra="X-Big: " + "a" * 60_000 + "\r\n"))
+        status, _, body = await read_answer(reader)
+    assert status == 200 and orjson.loads(body)["path"] == "/rpa/x"

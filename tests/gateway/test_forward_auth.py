@@ -78,3 +78,17 @@ async def test_a_query_key_is_read_from_the_original_uri_only_when_allowed(
     transport = httpx.ASGITransport(app=build_gateway_app(ctx))
     async with httpx.AsyncClient(transport=transport, base_url=GATEWAY) as client:
         assert (await client.get("/_gateway/auth", headers=uri)).status_code == 200
+
+
+async def test_an_unparsable_original_uri_means_no_query_key_not_an_error(
+    context: Context, make_key: KeyMaker
+) -> None:
+    allowing = context.settings.model_copy(update={"allow_query_key": True})
+    ctx = Context.create(allowing, context.store)
+    transport = httpx.ASGITransport(app=build_gateway_app(ctx))
+    async with httpx.AsyncClient(transport=transport, base_url=GATEWAY) as client:
+        response = await client.get(
+            "/_gateway/auth", headers={"X-Original-URI": "//[::1/?api_key=x"}
+        )
+    assert response.status_code == 401
+    assert response.json()["detail"] == "An API key is required."

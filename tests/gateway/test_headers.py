@@ -229,3 +229,20 @@ async def test_the_request_id_is_generated_forwarded_and_echoed(
     )
     assert reused.headers["x-request-id"] == "flow-42"
     assert upstream.last.header("x-correlation-id") == "flow-42"
+
+
+def test_no_header_name_with_an_underscore_is_forwarded(settings: Settings) -> None:
+    """CGI-style servers would read these as X-Forwarded-For, X-API-Key, ..."""
+    out = rewrite(
+        settings,
+        [
+            (b"x_forwarded_for", b"6.6.6.6"),
+            (b"x_request_id", b"chosen"),
+            (b"x_api_key", b"rpa_secret"),
+            (b"x-kept", b"yes"),
+        ],
+    )
+    assert out["x-kept"] == ["yes"]
+    assert out["x-request-id"] == ["rid"]
+    assert not [name for name in out if "_" in name]
+    assert "6.6.6.6" not in repr(out) and "rpa_secret" not in repr(out)
