@@ -2,8 +2,10 @@
 
 Every API request is authenticated first (the caller's own key as a bearer
 token, or a single-sign-on header from a trusted proxy), then checked for
-privileges before anything is read, then validated. Writes and refusals go
-to the audit trail. Errors are problem+json with the request id.
+privileges before anything is read, then validated. Writes and the
+refusals of identified callers go to the audit trail; refusals of callers
+without a valid credential are only counted and logged. Errors are
+problem+json with the request id.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from admin import schemas
-from admin.audit import AuditLog, Event
+from admin.audit import (
+    AnonymousRefusals,
+    AuditLog,
+    Event,
+    checked_key_id,
+    checked_user_id,
+)
 from admin.openapi import build_document
 from admin.privileges import Privilege, ensure_visible, require, require_for_user
 from gateway.problems import (
@@ -144,6 +152,8 @@ class Call:
     request_id: str
     client: str | None
     caller: Caller | None = None
+    # The user a body names as the target, for the audit of a refusal.
+    target: str | None = None
 
     @property
     def user(self) -> User:
@@ -160,14 +170,25 @@ def _networks(
     return [ipaddress.ip_network(item, strict=False) for item in items]
 
 
-def _in(host: str | None, networks: list[Any]) -> bool:
-    if not host or not networks:
-        return False
+def _address(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address in ``text``, or None.
+
+    A zone (``fe80::1%eth0``) counts as none: its name is free text.
+    """
+    if not text:
+        return None
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return any(address in network for network in networks)
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None
+    return address
+
+
+def _in(host: str | None, networks: list[Any]) -> bool:
+    address = _address(host) if networks else None
+    return address is not None and any(address in network for network in networks)
 
 
 def json_response(model: BaseModel, status: int = 200) -> Response:
@@ -208,6 +229,7 @@ class AdminApi:
         self.store = store
         self.verifier = verifier
         self.audit = AuditLog(store.redis, store.ns, settings.audit_max_len)
+        self.anonymous_refusals = AnonymousRefusals()
         self.sso_header = settings.admin_sso_header
         self.sso_proxies = _networks(settings.admin_sso_proxies)
         self.trusted_proxies = _networks(settings.trusted_proxies)
@@ -225,8 +247,7 @@ class AdminApi:
                 call.caller = await self._authenticate(request)
                 return await handler(call)
             except GatewayError as exc:
-                if self._is_audited_refusal(exc, action):
-                    await self._record_refusal(call, action, exc)
+                await self._refused(call, action, exc)
                 return self.problem(exc, call.request_id)
 
         return run
@@ -234,26 +255,33 @@ class AdminApi:
     def problem(self, exc: GatewayError, request_id: str) -> Response:
         return problem_response(exc, request_id, self.settings.realm)
 
-    @staticmethod
-    def _is_audited_refusal(exc: GatewayError, action: str) -> bool:
+    async def _refused(self, call: Call, action: str, exc: GatewayError) -> None:
+        """Audit a refusal of an identified caller; count one of a stranger."""
         if isinstance(exc, AuthError):
             # The page asks /api/me without a credential to detect SSO;
             # that probe is no attempt at anything.
-            return not (action == "me.get" and exc.error is None)
-        return isinstance(exc, Forbidden | Hidden)
+            if not (action == "me.get" and exc.error is None):
+                self.anonymous_refusals.add(action, call.client)
+        elif call.caller is not None and isinstance(exc, Forbidden | Hidden):
+            await self._record_refusal(call, action, exc)
 
     async def _record_refusal(self, call: Call, action: str, exc: GatewayError) -> None:
+        assert call.caller is not None
         params = call.request.path_params
+        user_id = (
+            call.target
+            or params.get("user_id")
+            or call.request.query_params.get("user_id")
+        )
         await self.audit.record(
             Event(
                 action=action,
-                actor=call.caller.user.id if call.caller else None,
+                actor=call.caller.user.id,
                 request_id=call.request_id,
                 client=call.client,
                 status=exc.status,
-                key_id=params.get("key_id"),
-                user_id=params.get("user_id")
-                or call.request.query_params.get("user_id"),
+                key_id=checked_key_id(params.get("key_id")),
+                user_id=checked_user_id(user_id),
                 detail=exc.detail,
             )
         )
@@ -285,21 +313,28 @@ class AdminApi:
         peer = request.client.host if request.client else None
         if not _in(peer, self.trusted_proxies):
             return peer
-        # Walk X-Forwarded-For from the right, past our own proxies.
+        # Walk X-Forwarded-For from the right, past our own proxies. A hop
+        # that is no address ends the walk: the last address before it is
+        # as far as the chain can be believed.
         forwarded = request.headers.get("x-forwarded-for", "")
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        client = peer
         for hop in reversed(hops):
-            if not _in(hop, self.trusted_proxies):
-                return hop
-        return peer
+            address = _address(hop)
+            if address is None:
+                break
+            client = str(address)
+            if not any(address in network for network in self.trusted_proxies):
+                break
+        return client
 
     async def _authenticate(self, request: Request) -> Caller:
         header = request.headers.get("authorization")
         if header is None and self.sso_header:
-            sso_user = request.headers.get(self.sso_header)
+            sso_users = request.headers.getlist(self.sso_header)
             peer = request.client.host if request.client else None
-            if sso_user is not None and _in(peer, self.sso_proxies):
-                return await self._sso_caller(sso_user)
+            if sso_users and _in(peer, self.sso_proxies):
+                return await self._sso_caller(self._one_sso_user(sso_users))
         if header is None:
             raise AuthError("An API key is required.", error=None)
         scheme, _, token = header.partition(" ")
@@ -315,6 +350,18 @@ class AdminApi:
         if user is None or user.disabled:
             raise AuthError("The API key is invalid or has been revoked.")
         return Caller(user, "api_key", identity.key_id)
+
+    def _one_sso_user(self, values: list[str]) -> str:
+        # A proxy that appends to the header, rather than overwriting it,
+        # passes the client's own value along with its own; either could
+        # come first, so a list is refused whatever its order.
+        if len(values) > 1 or "," in values[0]:
+            raise AuthError(
+                f"The single-sign-on header '{self.sso_header}' must carry one "
+                "user id, once; the proxy must overwrite it, not append to it.",
+                error="invalid_request",
+            )
+        return values[0]
 
     async def _sso_caller(self, user_id: str) -> Caller:
         user = None
@@ -403,7 +450,7 @@ class AdminApi:
     async def create_key(self, call: Call) -> Response:
         require(call.user, Privilege.OPEN, Privilege.CREATE)
         body = await self._body(call.request, schemas.KeyCreate)
-        target = body.user_id or call.user.id
+        target = call.target = body.user_id or call.user.id
         require_for_user(call.user, target, Privilege.CREATE)
         owner = await self.store.get_user(target)
         if owner is None:

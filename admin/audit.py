@@ -2,25 +2,59 @@
 
 Entries go to ``<namespace>:audit`` with ``XADD ... MAXLEN ~ <max>``, so the
 stream stays bounded without trimming on every write (Redis trims whole
-macro nodes, see the XADD documentation). The same entry is logged on
+macro nodes, see the XADD documentation). Each entry is also logged on
 ``admin.audit``. Plaintext keys never reach an entry: callers pass field
 names and values of the record, and ``record`` refuses a ``key`` field.
+
+Only refusals of an identified caller are entries. Anyone can be refused a
+credential, and a stranger's refusals in the capped stream would push the
+real entries out: ``AnonymousRefusals`` counts and logs those instead.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
-from gateway.store import iso, translate_redis_errors
+from gateway.problems import InvalidInput
+from gateway.store import USER_ID_PATTERN, iso, translate_redis_errors
 
 logger = logging.getLogger("admin.audit")
 
 _FORBIDDEN_FIELDS = frozenset({"key", "plaintext", "key_hash"})
+# A ULID in Crockford's base 32, as ``gateway.keys.new_key_id`` makes it.
+KEY_ID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+INVALID_ID = "(invalid)"
+# Redis's answers to a bad bound: "Invalid stream ID specified as stream
+# command argument", "invalid end ID for the interval".
+_BAD_ID = re.compile(r"\bID\b")
+
+
+def checked_id(value: str | None, pattern: re.Pattern[str]) -> str | None:
+    """``value`` if it has the shape of an id, else a fixed marker.
+
+    For ids a client sent (a path, a query, a body): they reach an entry
+    only once they could be ids of the store, so no one can write
+    arbitrary text into the trail.
+    """
+    if not value:
+        return None
+    return value if pattern.match(value) else INVALID_ID
+
+
+def checked_key_id(value: str | None) -> str | None:
+    return checked_id(value, KEY_ID_PATTERN)
+
+
+def checked_user_id(value: str | None) -> str | None:
+    return checked_id(value, USER_ID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +123,8 @@ class AuditLog:
 
         The action it describes has already happened, so a Redis failure
         here must not turn a success into an error: it is logged instead,
-        and the log line still carries the whole entry.
+        with the whole entry as JSON in the message (the shipped formatter
+        prints the message, not ``extra``). Entries never hold a key.
         """
         fields = event.fields()
         level = logging.INFO if event.outcome == "ok" else logging.WARNING
@@ -108,8 +143,9 @@ class AuditLog:
                 )
         except Exception:
             logger.exception(
-                "Could not append to the audit stream %s.",
+                "Could not append to the audit stream %s; the entry: %s",
                 self.stream,
+                orjson.dumps(fields).decode(),
                 extra={"audit": fields},
             )
 
@@ -119,9 +155,52 @@ class AuditLog:
         """Newest first; the cursor for the next page, or None at the end."""
         upper = f"({before}" if before else "+"
         async with translate_redis_errors():
-            rows = await self.redis.xrevrange(
-                self.stream, max=upper, min="-", count=limit + 1
-            )
+            try:
+                rows = await self.redis.xrevrange(
+                    self.stream, max=upper, min="-", count=limit + 1
+                )
+            except ResponseError as exc:
+                if before is None or not _BAD_ID.search(str(exc)):
+                    raise
+                raise InvalidInput(
+                    "before",
+                    f"The cursor '{before[:48]}' is not a stream entry id the "
+                    "audit trail can page from; pass the 'next' of a page.",
+                ) from None
         entries = [_entry(entry_id, data) for entry_id, data in rows[:limit]]
         following = entries[-1]["id"] if len(rows) > limit else None
         return entries, following
+
+
+class AnonymousRefusals:
+    """Refusals of callers who could not be identified: counted and logged.
+
+    Not written to the stream (see the module docstring). One line at most
+    per ``interval`` seconds, carrying how many came since the last one,
+    so a flood costs a log line a minute rather than one per request.
+    """
+
+    def __init__(
+        self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.total = 0
+        self._unreported = 0
+        self._quiet_until = float("-inf")
+
+    def add(self, action: str, client: str | None) -> None:
+        self.total += 1
+        self._unreported += 1
+        now = self.clock()
+        if now < self._quiet_until:
+            return
+        logger.warning(
+            "Refused %d admin requests without a valid credential since the "
+            "last such line; the latest: %s from %s.",
+            self._unreported,
+            action,
+            client or "an unknown address",
+        )
+        self._unreported = 0
+        self._quiet_until = now + self.interval

@@ -11,12 +11,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from admin.privileges import Privilege
 from gateway.store import DESCRIPTION_MAX, NAME_MAX, USER_ID_PATTERN, KeyRecord, User
 
 USER_ID_REGEX = USER_ID_PATTERN.pattern
+# Each part of a stream entry id is an unsigned 64-bit number (Redis streams
+# introduction, "Entry IDs").
+STREAM_ID_PART_MAX = 2**64 - 1
 UserId = Annotated[str, Field(pattern=USER_ID_REGEX, examples=["alice"])]
 KeyName = Annotated[
     str, Field(min_length=1, max_length=NAME_MAX, examples=["Composer flow"])
@@ -103,6 +106,24 @@ class AuditQuery(Query):
         pattern=r"^\d{1,20}-\d{1,20}$",
         description="The 'next' cursor of the previous page.",
     )
+
+    @field_validator("before")
+    @classmethod
+    def _a_stream_entry_id(cls, before: str | None) -> str | None:
+        if before is None:
+            return None
+        # The pattern's \d also matches other scripts' digits, which Redis
+        # does not read.
+        if not before.isascii():
+            raise ValueError("the cursor must be written in ASCII digits")
+        parts = [int(part) for part in before.split("-")]
+        if max(parts) > STREAM_ID_PART_MAX:
+            raise ValueError(
+                f"each part of the cursor must be at most {STREAM_ID_PART_MAX}"
+            )
+        if not any(parts):
+            raise ValueError("no entry comes before '0-0'; pass the 'next' of a page")
+        return before
 
 
 # Responses ------------------------------------------------------------------

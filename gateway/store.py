@@ -25,6 +25,7 @@ import hashlib
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -165,12 +166,42 @@ def parse_expiration(
     return float(int(stamp))
 
 
+# Bidirectional embeddings, overrides and isolates (Unicode UAX #9): they
+# can make a name read as something else, "\u202egnp.exe" as "exe.png".
+_BIDI_CONTROLS = frozenset(
+    chr(code) for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
+)
+# Zero-width space, non-joiner, joiner and BOM: a name of these alone shows
+# as nothing. str.strip() keeps them (they are not whitespace).
+_ZERO_WIDTH = "\u200b\u200c\u200d\ufeff"
+_INVISIBLE = str.maketrans("", "", _ZERO_WIDTH)
+
+
+def _check_characters(field: str, text: str, allowed: str = "") -> None:
+    for char in text:
+        if char in allowed:
+            continue
+        if unicodedata.category(char) == "Cc":
+            raise InvalidInput(
+                field,
+                f"The {field} must not contain control characters "
+                f"(found U+{ord(char):04X}).",
+            )
+        if char in _BIDI_CONTROLS:
+            raise InvalidInput(
+                field,
+                f"The {field} must not contain bidirectional override or isolate "
+                f"characters (found U+{ord(char):04X}).",
+            )
+
+
 def check_name(name: str) -> str:
     name = name.strip()
     if not 1 <= len(name) <= NAME_MAX:
         raise InvalidInput("name", f"The name must have 1 to {NAME_MAX} characters.")
-    if any(ord(char) < 32 for char in name):
-        raise InvalidInput("name", "The name must not contain control characters.")
+    _check_characters("name", name)
+    if not name.translate(_INVISIBLE).strip():
+        raise InvalidInput("name", "The name must have a visible character.")
     return name
 
 
@@ -180,6 +211,7 @@ def check_description(description: str) -> str:
             "description",
             f"The description must have at most {DESCRIPTION_MAX} characters.",
         )
+    _check_characters("description", description, allowed="\n\t")
     return description
 
 
@@ -227,6 +259,25 @@ for i, name in ipairs(KEYS) do
   end
 end
 return out
+"""
+
+
+# Edit a key record only if it still exists, in one step: a revoke that
+# wins the race leaves nothing to edit, where a plain HSET would make a
+# stray record of the edited fields alone, with no expiry. KEYS[1] is the
+# record, ARGV[1] its new purge time in milliseconds (or ''), the rest
+# field and value pairs. One key, so it runs on Cluster as well; 0 when
+# the record is gone. Sent as EVAL, not EVALSHA: a NOSCRIPT inside MULTI
+# would fail this step alone and let the others run.
+_EDIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] ~= '' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+end
+return 1
 """
 
 
@@ -354,21 +405,23 @@ class KeyStore:
 
     # Writing in order ----------------------------------------------------
 
-    async def _write(self, steps: list[Step]) -> None:
-        """Run the steps in order: in one MULTI/EXEC, or one by one."""
+    async def _write(self, steps: list[Step]) -> list[Any]:
+        """Run the steps in order: in one MULTI/EXEC, or one by one.
+
+        The answer holds each step's reply, in the order of the steps.
+        """
         async with translate_redis_errors():
             if self.atomic and self.wait_replicas:
-                await self._write_replicated(steps)
-            elif self.atomic:
+                return await self._write_replicated(steps)
+            if self.atomic:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     for step in steps:
                         step(pipe)
-                    await pipe.execute()
-            else:
-                for step in steps:
-                    await step(self.redis)
+                    replies: list[Any] = await pipe.execute()
+                return replies
+            return [await step(self.redis) for step in steps]
 
-    async def _write_replicated(self, steps: list[Step]) -> None:
+    async def _write_replicated(self, steps: list[Step]) -> list[Any]:
         """MULTI, the steps, EXEC and WAIT, all on one connection.
 
         WAIT counts the replicas that have every write of its own
@@ -398,6 +451,7 @@ class KeyStore:
                 self.wait_replicas,
                 self.wait_timeout_ms,
             )
+        return list(results)
 
     # Users ---------------------------------------------------------------
 
@@ -691,19 +745,19 @@ class KeyStore:
         if not fields:
             return record
         k = self._k(record.key_hash)
+        purge = "" if purge_at is None else str(purge_at)
+        pairs = [item for pair in fields.items() for item in pair]
         steps: list[Step] = []
         if purge_at is not None:
             steps.append(lambda r: r.pexpireat(self._id(key_id), purge_at))
-        # Only update a record that still exists: HSET would recreate a
-        # revoked one. A revoke that wins the race leaves nothing to edit.
-        async with translate_redis_errors():
-            if not await self.redis.exists(k):
-                raise NotFound(f"Key '{key_id}' does not exist.")
-        steps.append(lambda r: r.hset(k, mapping=fields))
-        if purge_at is not None:
-            steps.append(lambda r: r.pexpireat(k, purge_at))
+        edited = len(steps)
+        steps.append(lambda r: r.eval(_EDIT, 1, k, purge, *pairs))
+        # Published even when a revoke won the race: it published as well,
+        # and a second invalidation only costs a cache miss.
         steps.append(lambda r: r.publish(self.channel, f"k:{record.key_hash}"))
-        await self._write(steps)
+        replies = await self._write(steps)
+        if not replies[edited]:
+            raise NotFound(f"Key '{key_id}' does not exist.")
         return await self.require_key(key_id)
 
     async def revoke_key(self, key_id: str) -> KeyRecord:

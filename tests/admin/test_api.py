@@ -155,6 +155,34 @@ async def test_the_sso_header_naming_an_unknown_or_disabled_user_is_refused(
     assert "unknown or disabled" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("sso_world", ["10.1.2.3"], indirect=True)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(
+            [("X-Remote-User", "admin"), ("X-Remote-User", "alice")], id="twice"
+        ),
+        pytest.param(
+            [("X-Remote-User", "alice"), ("x-remote-user", "admin")],
+            id="twice-other-case",
+        ),
+        pytest.param([("X-Remote-User", "admin, alice")], id="comma"),
+    ],
+)
+async def test_an_sso_header_appended_to_rather_than_overwritten_is_refused(
+    sso_world: World, headers: list[tuple[str, str]]
+) -> None:
+    """A client's own value ahead of the proxy's must not choose the user."""
+    await sso_world.store.add_user("admin", "Admin", ALL)
+    await sso_world.store.add_user("alice", "Alice", ["user_management.open"])
+
+    response = await sso_world.client.get("/api/me", headers=headers)
+
+    assert response.status_code == 401
+    assert "'X-Remote-User' must carry one user id, once" in response.json()["detail"]
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+
+
 # The key lifecycle -------------------------------------------------------------
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 
-from admin.audit import AuditLog, Event
-from tests.admin.conftest import World, future_day
+from admin.audit import INVALID_ID, AnonymousRefusals, AuditLog, Event
+from gateway.problems import InvalidInput
+from gateway.settings import Settings
+from gateway.store import KeyStore
+from tests.admin.conftest import ALL, World, future_day, make_world
 
 
 async def test_create_edit_and_delete_are_audited_without_the_key(
@@ -64,14 +68,13 @@ async def test_each_audit_entry_is_logged_with_its_context_in_extra(
     assert record.audit["user_id"] == "alice"  # type: ignore[attr-defined]
 
 
-async def test_refused_attempts_are_audited(
+async def test_refused_attempts_of_an_identified_caller_are_audited(
     world: World, audit_log: pytest.LogCaptureFixture
 ) -> None:
     await world.user("mallory", ["user_management.open"])
     await world.user("bob")
     bob_key = (await world.store.list_keys("bob"))[0]
 
-    await world.call("GET", "/api/keys", headers={"Authorization": "Bearer nope"})
     await world.call("GET", "/api/users", "mallory")
     await world.call("DELETE", f"/api/keys/{bob_key.id}", "mallory")
     await world.call("GET", f"/api/keys/{bob_key.id}", "mallory")
@@ -79,15 +82,143 @@ async def test_refused_attempts_are_audited(
     entries = await world.audit()
     summary = [(e["action"], e["actor"], e["status"]) for e in entries]
     assert summary == [
-        ("key.list", "", "401"),
         ("user.list", "mallory", "403"),
         ("key.delete", "mallory", "403"),
         ("key.get", "mallory", "404"),
     ]
     assert all(e["outcome"] == "refused" for e in entries)
-    assert entries[1]["detail"].startswith("This action requires")
-    assert entries[3]["key_id"] == bob_key.id
+    assert entries[0]["detail"].startswith("This action requires")
+    assert entries[1]["key_id"] == entries[2]["key_id"] == bob_key.id
     assert {r.levelno for r in audit_log.records} == {logging.WARNING}
+
+
+async def test_refusals_without_a_valid_credential_never_reach_the_stream(
+    world: World, audit_log: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can be refused: their refusals must not push real entries out."""
+    await world.user("admin")
+    key_id = (await world.store.list_keys("admin"))[0].id
+    await world.call("DELETE", f"/api/keys/{key_id}", "admin")
+    bad_key = {"Authorization": "Bearer rpa_" + "A" * 40 + "000000"}
+
+    for number in range(20):
+        await world.call("DELETE", f"/api/keys/FAKE-{number}-" + "A" * 5000)
+        await world.call("GET", "/api/keys", headers=bad_key)
+        await world.call("PATCH", "/api/users/bob", json={"disabled": True})
+
+    entries = await world.audit()
+    assert [(e["action"], e["outcome"]) for e in entries] == [("key.delete", "ok")]
+    counted = [r for r in audit_log.records if "without a valid" in r.getMessage()]
+    assert len(counted) == 1
+    assert counted[0].levelno == logging.WARNING
+    assert "A" * 100 not in counted[0].getMessage()
+
+
+def test_refusals_without_a_credential_are_logged_once_per_interval_with_a_count(
+    audit_log: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    refusals = AnonymousRefusals(interval=60, clock=lambda: now[0])
+
+    refusals.add("key.list", "192.0.2.1")
+    for _ in range(499):
+        now[0] += 0.1
+        refusals.add("key.delete", "192.0.2.2")
+    now[0] += 60
+    refusals.add("user.edit", None)
+
+    lines = [r.getMessage() for r in audit_log.records]
+    assert lines == [
+        "Refused 1 admin requests without a valid credential since the last "
+        "such line; the latest: key.list from 192.0.2.1.",
+        "Refused 500 admin requests without a valid credential since the last "
+        "such line; the latest: user.edit from an unknown address.",
+    ]
+    assert refusals.total == 501
+
+
+async def test_ids_a_refused_caller_sent_reach_the_entry_only_if_they_are_ids(
+    world: World,
+) -> None:
+    """A path or query can carry any text: the trail keeps ids or a marker."""
+    await world.user("mallory", ["user_management.open"])
+    await world.user("bob")
+    bob_key = (await world.store.list_keys("bob"))[0]
+
+    await world.call("DELETE", "/api/keys/" + "A" * 5000, "mallory")
+    await world.call("DELETE", f"/api/keys/{bob_key.id}", "mallory")
+    await world.call("PATCH", "/api/users/bob%20%3Cb%3E", "mallory", json={})
+    await world.call("PATCH", "/api/users/bob", "mallory", json={})
+
+    entries = await world.audit()
+    assert [(e["action"], e["status"]) for e in entries] == [
+        ("key.delete", "403"),
+        ("key.delete", "403"),
+        ("user.edit", "403"),
+        ("user.edit", "403"),
+    ]
+    assert [e["key_id"] for e in entries[:2]] == [INVALID_ID, bob_key.id]
+    assert [e["user_id"] for e in entries[2:]] == [INVALID_ID, "bob"]
+
+
+async def test_a_refused_create_for_another_user_names_that_user(
+    world: World,
+) -> None:
+    await world.user("alice", [p for p in ALL if p != "user_management.admin"])
+    await world.user("bob")
+
+    response = await world.call(
+        "POST",
+        "/api/keys",
+        "alice",
+        json={"name": "n", "expires_at": future_day(), "user_id": "bob"},
+    )
+
+    assert response.status_code == 403
+    (entry,) = await world.audit()
+    assert (entry["action"], entry["actor"], entry["user_id"]) == (
+        "key.create",
+        "alice",
+        "bob",
+    )
+
+
+@pytest.fixture
+async def behind_proxy(namespace: str, store: KeyStore) -> AsyncIterator[World]:
+    """The admin app reached through a trusted proxy at 10.1.2.3."""
+    settings = Settings(
+        key_pepper="x" * 40, namespace=namespace, trusted_proxies=["10.0.0.0/8"]
+    )
+    async for item in make_world(settings, store, client_host="10.1.2.3"):
+        yield item
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "client"),
+    [
+        pytest.param("198.51.100.7", "198.51.100.7", id="one-hop"),
+        pytest.param("198.51.100.7, 10.0.0.9", "198.51.100.7", id="past-proxy"),
+        pytest.param("198.51.100.7, not-an-ip", "10.1.2.3", id="junk-last"),
+        pytest.param("<script>, 10.0.0.9", "10.0.0.9", id="junk-first"),
+        pytest.param("fe80::1%evil, 10.0.0.9", "10.0.0.9", id="zone-text"),
+        pytest.param("10.0.0.8, 10.0.0.9", "10.0.0.8", id="all-proxies"),
+    ],
+)
+async def test_the_audited_client_is_an_address_from_the_forwarded_chain(
+    behind_proxy: World, forwarded: str, client: str
+) -> None:
+    await behind_proxy.user("alice")
+
+    await behind_proxy.call(
+        "POST",
+        "/api/keys",
+        "alice",
+        json={"name": "n", "expires_at": future_day()},
+        headers={"X-Forwarded-For": forwarded},
+    )
+
+    (entry,) = await behind_proxy.audit()
+    assert entry["client"] == client
 
 
 async def test_the_sso_probe_without_credentials_is_not_audited(world: World) -> None:
@@ -169,3 +300,42 @@ async def test_an_audit_write_that_fails_does_not_fail_the_action(
 
     assert response.status_code == 201
     assert any("Could not append" in r.getMessage() for r in audit_log.records)
+
+
+async def test_a_failed_audit_write_logs_the_whole_entry_in_its_message(
+    world: World, audit_log: pytest.LogCaptureFixture
+) -> None:
+    """The shipped formatter prints the message alone, never ``extra``."""
+    await world.store.redis.set(f"{world.store.ns}:audit", "not a stream")
+    log = AuditLog(world.store.redis, world.store.ns, max_len=100)
+    event = Event(
+        "key.delete",
+        "admin",
+        "req-1",
+        "192.0.2.1",
+        204,
+        key_id="01HV0000000000000000000000",
+        user_id="bob",
+        changes={"name": "prod"},
+    )
+
+    await log.record(event)
+
+    (failed,) = [r for r in audit_log.records if r.levelno == logging.ERROR]
+    message = failed.getMessage()
+    assert message.startswith(f"Could not append to the audit stream {log.stream}")
+    assert orjson.loads(message.partition("the entry: ")[2]) == event.fields()
+
+
+async def test_a_cursor_redis_refuses_is_invalid_input_naming_before(
+    world: World,
+) -> None:
+    """Past the schema's checks, Redis's own refusal is still the caller's 422."""
+    log = AuditLog(world.store.redis, world.store.ns, max_len=100)
+    await log.record(Event("key.edit", "a", "r", None, 200))
+
+    with pytest.raises(InvalidInput) as caught:
+        await log.page(10, "99999999999999999999-0")
+
+    assert caught.value.field == "before"
+    assert "99999999999999999999-0" in caught.value.detail

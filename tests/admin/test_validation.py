@@ -200,6 +200,12 @@ async def test_a_huge_body_is_413(alice: World) -> None:
         pytest.param("limit=501", "limit", id="too-many"),
         pytest.param("limit=ten", "limit", id="words"),
         pytest.param("before=yesterday", "before", id="bad-cursor"),
+        pytest.param("before=99999999999999999999-0", "before", id="time-past-64-bits"),
+        pytest.param(
+            "before=1-18446744073709551616", "before", id="sequence-past-64-bits"
+        ),
+        pytest.param("before=0-0", "before", id="nothing-before"),
+        pytest.param("before=%EF%BC%91-%EF%BC%91", "before", id="full-width-digits"),
     ],
 )
 async def test_bad_audit_paging_is_422(alice: World, query: str, field: str) -> None:
@@ -207,3 +213,57 @@ async def test_bad_audit_paging_is_422(alice: World, query: str, field: str) -> 
 
     assert response.status_code == 422
     assert response.json()["field"] == field
+    assert f"'{field}'" in response.json()["detail"]
+
+
+async def test_the_largest_audit_cursor_is_accepted(alice: World) -> None:
+    largest = f"{2**64 - 1}-{2**64 - 1}"
+
+    response = await alice.call("GET", f"/api/audit?before={largest}", "alice")
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        pytest.param({"name": "a\x00b"}, "name", "control", id="name-nul"),
+        pytest.param({"name": "a\x7fb"}, "name", "control", id="name-del"),
+        pytest.param({"name": "a\x85b"}, "name", "control", id="name-c1"),
+        pytest.param({"name": "a\tb"}, "name", "control", id="name-tab"),
+        pytest.param({"name": "\u202egnp.exe"}, "name", "bidirectional", id="rlo"),
+        pytest.param({"name": "a\u2066b"}, "name", "bidirectional", id="isolate"),
+        pytest.param({"name": "\u200b\ufeff "}, "name", "visible", id="zero-width"),
+        pytest.param(
+            {"description": "a\r\nb"}, "description", "control", id="description-cr"
+        ),
+        pytest.param(
+            {"description": "\u202aabc"},
+            "description",
+            "bidirectional",
+            id="description-embedding",
+        ),
+    ],
+)
+async def test_hidden_and_reordering_characters_are_422_naming_the_field(
+    alice: World, changes: dict[str, str], field: str, words: str
+) -> None:
+    created = await _create(alice, {"name": "n", "expires_at": future_day()} | changes)
+    record = (await alice.store.list_keys("alice"))[0]
+    edited = await alice.call("PATCH", f"/api/keys/{record.id}", "alice", json=changes)
+
+    for response in (created, edited):
+        assert response.status_code == 422
+        assert response.json()["field"] == field
+        assert words in response.json()["detail"]
+
+
+async def test_a_description_keeps_its_line_breaks_and_tabs(alice: World) -> None:
+    description = "Runs nightly.\n\tStep one.\n\tStep two."
+
+    response = await _create(
+        alice, {"name": "n", "expires_at": future_day(), "description": description}
+    )
+
+    assert response.status_code == 201
+    assert response.json()["description"] == description

@@ -175,6 +175,17 @@ async def test_keys_need_an_existing_user(store: KeyStore) -> None:
         pytest.param({"expires_at": "tomorrow"}, "expires_at", id="not-a-date"),
         pytest.param({"expires_at": "2030-01-01T00:00:00"}, "expires_at", id="no-zone"),
         pytest.param({"expires_at": in_days(400)}, "expires_at", id="beyond-maximum"),
+        pytest.param({"name": "a\x1bb"}, "name", id="name-escape"),
+        pytest.param({"name": "a\x9bb"}, "name", id="name-c1-control"),
+        pytest.param({"name": "a\nb"}, "name", id="name-newline"),
+        pytest.param({"name": "\u202egnp.exe"}, "name", id="name-override"),
+        pytest.param({"name": "x\u2069"}, "name", id="name-isolate"),
+        pytest.param({"name": " \u200b\u200c\u200d\ufeff "}, "name", id="name-blank"),
+        pytest.param({"description": "a\x00"}, "description", id="description-nul"),
+        pytest.param({"description": "a\rb"}, "description", id="description-cr"),
+        pytest.param(
+            {"description": "\u202dabc"}, "description", id="description-override"
+        ),
     ],
 )
 async def test_invalid_key_input_names_the_field_and_writes_nothing(
@@ -185,6 +196,38 @@ async def test_invalid_key_input_names_the_field_and_writes_nothing(
         await store.create_key(alice, **arguments)
     assert caught.value.field == field
     assert await store.list_keys() == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        pytest.param({"name": "a\u0007"}, "name", id="name-bell"),
+        pytest.param({"name": "\u2067x"}, "name", id="name-isolate"),
+        pytest.param({"name": "\ufeff"}, "name", id="name-blank"),
+        pytest.param({"description": "\u202b"}, "description", id="description"),
+    ],
+)
+async def test_an_edit_is_held_to_the_same_characters(
+    store: KeyStore, alice: str, changes: dict[str, str], field: str
+) -> None:
+    record, _ = await store.create_key(alice, name="ok", expires_at=in_days(3))
+    with pytest.raises(InvalidInput) as caught:
+        await store.edit_key(record.id, **changes)
+    assert caught.value.field == field
+    assert (await store.require_key(record.id)).name == "ok"
+
+
+async def test_names_keep_visible_text_and_descriptions_keep_line_breaks(
+    store: KeyStore, alice: str
+) -> None:
+    record, _ = await store.create_key(
+        alice,
+        name=" \u200bflow\u200d ",
+        description="Nightly.\n\tThen weekly.",
+        expires_at=in_days(3),
+    )
+    assert record.name == "\u200bflow\u200d"
+    assert record.description == "Nightly.\n\tThen weekly."
 
 
 def test_a_date_alone_means_the_end_of_that_day_in_utc() -> None:
@@ -214,6 +257,98 @@ async def test_every_mutation_publishes_an_invalidation(
     await pubsub.aclose()
     k = f"k:{record.key_hash}"
     assert seen == ["u:carol", k, k, k, "u:carol"]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "step-by-step"])
+async def test_an_edit_racing_a_revoke_leaves_no_stray_record(
+    redis_client: Any,
+    namespace: str,
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await edit_racing_a_revoke(redis_client, namespace, mode, monkeypatch)
+
+
+@pytest.mark.redis
+async def test_an_edit_racing_a_revoke_leaves_no_stray_record_waiting_for_replicas(
+    real_redis: Any, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fakeredis has no WAIT: the real server only."""
+    await edit_racing_a_revoke(real_redis, namespace, "replicated", monkeypatch)
+
+
+def store_on_path(redis_client: Any, namespace: str, mode: str) -> KeyStore:
+    """A store writing in one transaction, waiting for replicas, or step by step.
+
+    The shared test Redis has no replica: a replicated write waits 1 ms.
+    """
+    return KeyStore(
+        redis_client,
+        namespace,
+        PEPPER.encode(),
+        atomic=mode != "step-by-step",
+        wait_replicas=1 if mode == "replicated" else 0,
+        wait_timeout_ms=1,
+    )
+
+
+async def edit_racing_a_revoke(
+    redis_client: Any, namespace: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke lands between the edit's read and its write, on each path."""
+    store = store_on_path(redis_client, namespace, mode)
+    await store.add_user("frank", privileges=PRIVILEGES)
+    record, plaintext = await store.create_key("frank", name="k", expires_at=in_days(3))
+    write = store._write
+
+    async def revoked_first(steps: list[Any]) -> list[Any]:
+        monkeypatch.setattr(store, "_write", write)
+        await store.revoke_key(record.id)
+        return await write(steps)
+
+    monkeypatch.setattr(store, "_write", revoked_first)
+
+    with pytest.raises(NotFound, match=record.id):
+        await store.edit_key(record.id, name="renamed", expires_at=in_days(9))
+
+    assert await redis_client.exists(f"{namespace}:k:{record.key_hash}") == 0
+    assert not await usable(store, plaintext)
+    assert await store.list_keys() == []
+
+
+@pytest.mark.parametrize("mode", ["transaction", "step-by-step"])
+async def test_an_edit_writes_on_each_path(
+    redis_client: Any, namespace: str, mode: str
+) -> None:
+    await edit_on_a_path(redis_client, namespace, mode)
+
+
+@pytest.mark.redis
+async def test_an_edit_writes_when_waiting_for_replicas(
+    real_redis: Any, namespace: str
+) -> None:
+    """fakeredis has no WAIT: the real server only."""
+    await edit_on_a_path(real_redis, namespace, "replicated")
+
+
+async def edit_on_a_path(redis_client: Any, namespace: str, mode: str) -> None:
+    store = store_on_path(redis_client, namespace, mode)
+    await store.add_user("grace", privileges=PRIVILEGES)
+    record, plaintext = await store.create_key("grace", name="k", expires_at=in_days(3))
+
+    edited = await store.edit_key(
+        record.id, name="renamed", description="d", expires_at=in_days(9)
+    )
+
+    assert (edited.name, edited.description) == ("renamed", "d")
+    assert edited.expires_at > record.expires_at
+    assert await usable(store, plaintext)
+    ttl_ms = await redis_client.pttl(f"{namespace}:k:{record.key_hash}")
+    expected = (edited.expires_at + 30 * 86400 - time.time()) * 1000
+    assert abs(ttl_ms - expected) < 5000
+    assert await redis_client.pttl(f"{namespace}:id:{record.id}") == pytest.approx(
+        ttl_ms, abs=5000
+    )
 
 
 class FailAfter:
