@@ -122,12 +122,12 @@ def strip_response_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers minus hop-by-hop, plus our request id."""
     kept = []
-    listed: set[bytes] | None = None
+    listed: set[bytes] = set()
     for name, value in raw:
         name = name.lower()
         if name in HOP_BY_HOP:
-            if name == b"connection":
-                listed = connection_tokens(value)
+            if name == b"connection":  # every Connection header counts
+                listed |= connection_tokens(value)
         elif name != REQUEST_ID:
             kept.append((name, value))
     if listed:

@@ -200,6 +200,20 @@ def test_response_headers_lose_hop_by_hop_and_get_the_request_id() -> None:
     assert out == [(b"content-type", b"text/plain"), (b"x-request-id", b"ours")]
 
 
+def test_names_listed_in_any_of_several_connection_headers_are_dropped() -> None:
+    out = strip_response_headers(
+        [
+            (b"Connection", b"X-First"),
+            (b"X-First", b"1"),
+            (b"Connection", b"X-Second"),
+            (b"X-Second", b"2"),
+            (b"X-Kept", b"3"),
+        ],
+        b"ours",
+    )
+    assert out == [(b"x-kept", b"3"), (b"x-request-id", b"ours")]
+
+
 async def test_a_spoofed_identity_never_reaches_the_upstream_end_to_end(
     client: httpx.AsyncClient, upstream: Upstream, make_key: KeyMaker
 ) -> None:
