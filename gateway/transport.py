@@ -114,22 +114,6 @@ class HeadTooLarge(Exception):
     """Raised from a parser callback when a request's head is too large."""
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request announces a body (uvicorn gives lower-case names).
-
-    The parser checks a body's framing (Transfer-Encoding, chunk sizes)
-    only after the head's callback: an answer given from there for such a
-    request could be followed by the parser's own 400, two responses to
-    one request. Those requests take the usual path.
-    """
-    for name, value in headers:
-        if name == b"transfer-encoding" or (
-            name == b"content-length" and value.strip() != b"0"
-        ):
-            return True
-    return False
-
-
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with coalesced writes and early answers.
 
@@ -160,6 +144,7 @@ class EdgeProtocol(HttpToolsProtocol):
         )
         self._answered = False
         self._head_left = MAX_HEAD_BYTES
+        self._body_announced = False
         self._idle_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -171,6 +156,7 @@ class EdgeProtocol(HttpToolsProtocol):
         # for a request that goes to the app (about 2 us a request).
         self._answered = False
         self._head_left = MAX_HEAD_BYTES
+        self._body_announced = False
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -192,6 +178,13 @@ class EdgeProtocol(HttpToolsProtocol):
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
+        elif name == b"transfer-encoding" or (
+            name == b"content-length" and value != b"0"
+        ):
+            # The parser checks a body's framing (Transfer-Encoding, chunk
+            # sizes) only after the head's callback: an early answer could
+            # be followed by its 400, two responses to one request.
+            self._body_announced = True
         self.headers.append((name, value))
 
     def send_400_response(self, msg: str) -> None:
@@ -239,7 +232,7 @@ class EdgeProtocol(HttpToolsProtocol):
             or parser.get_http_version() != "1.1"
             or not parser.should_keep_alive()
             or parser.should_upgrade()
-            or _has_body(self.headers)
+            or self._body_announced
         )
 
     def _early_answer(self) -> bytes | None:
