@@ -23,14 +23,13 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
+from gateway.keys import KEY_ID_PATTERN
 from gateway.problems import InvalidInput
 from gateway.store import USER_ID_PATTERN, iso, translate_redis_errors
 
 logger = logging.getLogger("admin.audit")
 
 _FORBIDDEN_FIELDS = frozenset({"key", "plaintext", "key_hash"})
-# A ULID in Crockford's base 32, as ``gateway.keys.new_key_id`` makes it.
-KEY_ID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 INVALID_ID = "(invalid)"
 # Redis's answers to a bad bound: "Invalid stream ID specified as stream
 # command argument", "invalid end ID for the interval".

@@ -18,9 +18,10 @@ from pydantic.json_schema import models_json_schema
 
 from admin import schemas
 from admin.privileges import LABELS, Privilege
+from gateway.keys import KEY_ID_PATTERN
 
 PROBLEM_JSON = "application/problem+json"
-KEY_ID = {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$"}
+KEY_ID = {"type": "string", "pattern": KEY_ID_PATTERN.pattern}
 USER_ID = {"type": "string", "pattern": schemas.USER_ID_REGEX}
 
 _ERRORS = {

@@ -105,6 +105,10 @@ def hint(key: str) -> str:
     return key[-HINT_LENGTH:]
 
 
+# A ULID in Crockford's base 32, as ``new_key_id`` makes it.
+KEY_ID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+
 def new_key_id() -> str:
     """A public, sortable key id (a ULID)."""
     return str(ULID())
