@@ -461,7 +461,7 @@ class KeyStore:
         check_user_id(user_id)
         user = User(
             id=user_id,
-            name=(name or user_id).strip()[:NAME_MAX] or user_id,
+            name=check_name(name) if name and name.strip() else user_id,
             privileges=check_privileges(privileges),
             created_at=time.time(),
         )

@@ -155,6 +155,12 @@ def test_users_can_be_disabled_enabled_listed_and_removed(
             id="bad-user-id",
         ),
         pytest.param(
+            ["users", "add", "eve", "--name", "\u202eeve"],
+            2,
+            "The name must not contain bidirectional override",
+            id="bidi-user-name",
+        ),
+        pytest.param(
             ["keys", "edit", "01ABC"], 2, "Nothing to change", id="empty-edit"
         ),
     ],

@@ -157,6 +157,10 @@ async def test_users_are_unique_and_validated(store: KeyStore, alice: str) -> No
     assert caught.value.field == "user_id"
     with pytest.raises(InvalidInput, match="Unknown privilege 'root'"):
         await store.add_user("bob", privileges=["root"])
+    with pytest.raises(InvalidInput, match="must not contain control characters"):
+        await store.add_user("bob", "Bob\x1b[2J")
+    with pytest.raises(InvalidInput, match="1 to 100 characters"):
+        await store.add_user("bob", "B" * 101)
     assert [u.id for u in await store.list_users()] == ["alice"]
 
 
