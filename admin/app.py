@@ -441,10 +441,11 @@ class AdminApi:
             require_for_user(call.user, target)
             await self.store.require_user(target)
             scope = target
-        records = await self.store.list_keys(scope)
-        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        records, following = await self.store.page_keys(
+            scope, limit=query.limit, before=query.before
+        )
         return json_response(
-            schemas.KeyList(items=[schemas.Key.of(r) for r in records])
+            schemas.KeyList(items=[schemas.Key.of(r) for r in records], next=following)
         )
 
     async def create_key(self, call: Call) -> Response:
@@ -526,9 +527,14 @@ class AdminApi:
 
     async def list_users(self, call: Call) -> Response:
         require(call.user, Privilege.OPEN, Privilege.ADMIN)
-        users = await self.store.list_users()
+        query = self._query(call.request, schemas.UsersQuery)
+        users, following = await self.store.page_users(
+            limit=query.limit, after=query.after
+        )
         return json_response(
-            schemas.UserList(items=[schemas.UserOut.of(u) for u in users])
+            schemas.UserList(
+                items=[schemas.UserOut.of(u) for u in users], next=following
+            )
         )
 
     async def edit_user(self, call: Call) -> Response:

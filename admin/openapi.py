@@ -92,7 +92,8 @@ OPERATIONS = (
     ),
     Operation(
         "get", "/api/users", "listUsers", "List users.", schemas.UserList,
-        privileges=(Privilege.OPEN, Privilege.ADMIN), errors=(401, 403, 503),
+        query=schemas.UsersQuery,
+        privileges=(Privilege.OPEN, Privilege.ADMIN), errors=(401, 403, 422, 503),
         tags=("users",),
     ),
     Operation(

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from admin.privileges import Privilege
+from gateway.keys import KEY_ID_PATTERN
 from gateway.store import DESCRIPTION_MAX, NAME_MAX, USER_ID_PATTERN, KeyRecord, User
 
 USER_ID_REGEX = USER_ID_PATTERN.pattern
@@ -95,8 +96,32 @@ class UserEdit(Request):
         return self
 
 
+PAGE_MAX = 1000
+PageLimit = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=PAGE_MAX,
+        description="At most this many items, and a 'next' cursor; all without it.",
+    ),
+]
+
+
 class KeysQuery(Query):
     user_id: UserId | None = None
+    limit: PageLimit = None
+    before: str | None = Field(
+        None,
+        pattern=KEY_ID_PATTERN.pattern,
+        description="The 'next' cursor of the previous page (a key id).",
+    )
+
+
+class UsersQuery(Query):
+    limit: PageLimit = None
+    after: UserId | None = Field(
+        None, description="The 'next' cursor of the previous page (a user id)."
+    )
 
 
 class AuditQuery(Query):
@@ -162,7 +187,10 @@ class CreatedKey(Key):
 
 
 class KeyList(BaseModel):
-    items: list[Key]
+    items: list[Key] = Field(description="Newest first.")
+    next: str | None = Field(
+        description="Pass as 'before' for the next page; null on the last one."
+    )
 
 
 class UserOut(BaseModel):
@@ -180,7 +208,10 @@ class UserOut(BaseModel):
 
 
 class UserList(BaseModel):
-    items: list[UserOut]
+    items: list[UserOut] = Field(description="By user id.")
+    next: str | None = Field(
+        description="Pass as 'after' for the next page; null on the last one."
+    )
 
 
 class Me(UserOut):

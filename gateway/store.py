@@ -20,6 +20,7 @@ also run in one MULTI/EXEC.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import logging
@@ -31,7 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dtime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -353,6 +354,33 @@ Found = tuple[KeyRecord, User | None] | None
 Step = Callable[[Any], Awaitable[Any] | Any]
 
 
+class _Listed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Listed)
+
+
+async def _page(
+    ids: list[str], limit: int | None, fetch: Callable[[list[str]], Awaitable[list[L]]]
+) -> tuple[list[L], str | None]:
+    """Up to ``limit`` of the items behind ``ids``, in order, and the next cursor.
+
+    Items deleted since they were indexed leave gaps, so the ids are read on
+    until the page is full. The cursor is the last id returned, or None when
+    no id is left.
+    """
+    wanted = len(ids) if limit is None else limit
+    page: list[L] = []
+    start = 0
+    while start < len(ids) and len(page) < wanted:
+        chunk = ids[start : start + wanted - len(page)]
+        page.extend(await fetch(chunk))
+        start += len(chunk)
+    return page, page[-1].id if page and start < len(ids) else None
+
+
 class KeyStore:
     """Users and keys in Redis; every mutation publishes an invalidation."""
 
@@ -500,12 +528,29 @@ class KeyStore:
         return user
 
     async def list_users(self) -> list[User]:
+        """Every user, by id."""
+        return (await self.page_users(limit=None))[0]
+
+    async def page_users(
+        self, *, limit: int | None, after: str | None = None
+    ) -> tuple[list[User], str | None]:
+        """Up to ``limit`` users (all with None) by id, with ids above ``after``.
+
+        The second value is the cursor of the next page: the last id
+        returned, or None when no user is left.
+        """
         async with translate_redis_errors():
             ids = sorted(await self.redis.smembers(f"{self.ns}:users"))
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for user_id in ids:
-                    pipe.hgetall(self._u(user_id))
-                rows = await pipe.execute()
+        if after is not None:
+            del ids[: bisect.bisect_right(ids, after)]
+        return await _page(ids, limit, self._users)
+
+    async def _users(self, ids: list[str]) -> list[User]:
+        pipeline = self.redis.pipeline(transaction=False)
+        async with translate_redis_errors(), pipeline as pipe:
+            for user_id in ids:
+                pipe.hgetall(self._u(user_id))
+            rows = await pipe.execute()
         return [_user_from(row) for row in rows if row.get("id")]
 
     async def update_user(
@@ -679,11 +724,33 @@ class KeyStore:
 
     async def list_keys(self, user_id: str | None = None) -> list[KeyRecord]:
         """Keys, oldest first; index entries whose record is gone are dropped."""
+        return await self._records(await self._key_ids(user_id), user_id)
+
+    async def page_keys(
+        self, user_id: str | None, *, limit: int | None, before: str | None = None
+    ) -> tuple[list[KeyRecord], str | None]:
+        """Up to ``limit`` keys (all with None), newest first, ids below ``before``.
+
+        Key ids are ULIDs, which sort by creation time. The second value is
+        the cursor of the next page: the last id returned, or None when no
+        key is left.
+        """
+        ids = await self._key_ids(user_id)
+        if before is not None:
+            del ids[bisect.bisect_left(ids, before) :]
+        ids.reverse()
+        return await _page(ids, limit, lambda chunk: self._records(chunk, user_id))
+
+    async def _key_ids(self, user_id: str | None) -> list[str]:
         index = self._uk(user_id) if user_id else f"{self.ns}:keys"
         async with translate_redis_errors():
-            ids = sorted(await self.redis.smembers(index))
-            if not ids:
-                return []
+            return sorted(await self.redis.smembers(index))
+
+    async def _records(self, ids: list[str], user_id: str | None) -> list[KeyRecord]:
+        """The records of these key ids, in their order; gone ones unindexed."""
+        if not ids:
+            return []
+        async with translate_redis_errors():
             # GETs in a pipeline, not MGET: on Cluster the ids span slots.
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key_id in ids:

@@ -357,6 +357,59 @@ async def test_keys_are_listed_newest_first(world: World) -> None:
     assert [i["name"] for i in items][:2] == ["second", "first"]
 
 
+async def test_keys_and_users_come_in_pages_when_a_limit_is_given(
+    world: World,
+) -> None:
+    await world.user("alice")
+    for name in ("one", "two", "three"):
+        await world.call(
+            "POST",
+            "/api/keys",
+            "alice",
+            json={"name": name, "expires_at": future_day()},
+        )
+    await world.user("bob")
+
+    whole = (await world.call("GET", "/api/keys?user_id=alice", "alice")).json()
+    assert whole["next"] is None and len(whole["items"]) == 4
+    seen, cursor = [], ""
+    while cursor is not None:
+        query = f"/api/keys?user_id=alice&limit=3{cursor and f'&before={cursor}'}"
+        page = (await world.call("GET", query, "alice")).json()
+        assert len(page["items"]) <= 3
+        seen += page["items"]
+        cursor = page["next"]
+    assert seen == whole["items"]
+
+    users = (await world.call("GET", "/api/users?limit=1", "alice")).json()
+    assert [u["id"] for u in users["items"]] == ["alice"]
+    following = f"/api/users?limit=1&after={users['next']}"
+    users = (await world.call("GET", following, "alice")).json()
+    assert [u["id"] for u in users["items"]] == ["bob"] and users["next"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        pytest.param("/api/keys?limit=0", "limit", id="keys-limit-zero"),
+        pytest.param("/api/keys?limit=1001", "limit", id="keys-limit-over"),
+        pytest.param("/api/keys?limit=ten", "limit", id="keys-limit-word"),
+        pytest.param("/api/keys?before=alice", "before", id="keys-before-not-an-id"),
+        pytest.param("/api/users?limit=-1", "limit", id="users-limit"),
+        pytest.param("/api/users?after=a%20b", "after", id="users-after"),
+    ],
+)
+async def test_a_bad_page_parameter_is_422_naming_it(
+    world: World, query: str, field: str
+) -> None:
+    await world.user("alice")
+
+    response = await world.call("GET", query, "alice")
+
+    assert response.status_code == 422
+    assert field in response.text
+
+
 async def test_an_administrator_disables_a_user_and_their_keys_stop(
     world: World,
 ) -> None:

@@ -522,3 +522,47 @@ async def test_an_unreachable_redis_is_reported_as_unavailable() -> None:
 
 async def test_the_store_repr_hides_the_pepper(store: KeyStore) -> None:
     assert PEPPER not in repr(store)
+
+
+async def test_keys_are_paged_newest_first_and_a_page_reads_past_gone_records(
+    store: KeyStore, alice: str
+) -> None:
+    await store.add_user("bob")
+    made = [
+        (await store.create_key(alice, name=f"k{n}", expires_at=in_days(2)))[0]
+        for n in range(5)
+    ]
+    await store.create_key("bob", name="bob's", expires_at=in_days(2))
+    newest_first = [r.id for r in reversed(made)]
+
+    first, cursor = await store.page_keys(alice, limit=2)
+    assert [r.id for r in first] == newest_first[:2]
+    assert cursor == newest_first[1]
+    second, cursor = await store.page_keys(alice, limit=2, before=cursor)
+    assert [r.id for r in second] == newest_first[2:4]
+    last, cursor = await store.page_keys(alice, limit=2, before=cursor)
+    assert [r.id for r in last] == newest_first[4:]
+    assert cursor is None
+    everything, cursor = await store.page_keys(None, limit=None)
+    assert len(everything) == 6 and cursor is None
+
+    # A record that expired out of Redis leaves its id in the index: the
+    # page reads on to stay full, and the stale id is dropped.
+    await store.redis.delete(f"{store.ns}:k:{made[3].key_hash}")
+    page, cursor = await store.page_keys(alice, limit=2)
+    assert [r.id for r in page] == [made[4].id, made[2].id]
+    assert cursor == made[2].id
+    assert made[3].id not in await store.redis.smembers(f"{store.ns}:keys")
+
+
+async def test_users_are_paged_by_id(store: KeyStore, alice: str) -> None:
+    for user_id in ("carol", "bob", "dave"):
+        await store.add_user(user_id)
+
+    first, cursor = await store.page_users(limit=3)
+    assert [u.id for u in first] == ["alice", "bob", "carol"]
+    assert cursor == "carol"
+    rest, cursor = await store.page_users(limit=3, after=cursor)
+    assert [u.id for u in rest] == ["dave"]
+    assert cursor is None
+    assert [u.id for u in await store.list_users()] == ["alice", "bob", "carol", "dave"]
