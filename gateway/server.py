@@ -352,9 +352,10 @@ class _Server(uvicorn.Server):
 def uvicorn_config(app: ASGIApp, settings: Settings, *, edge: bool) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        # One write per response, and forward-auth answers from the cache
-        # without an ASGI task: see gateway.transport.
-        http=EdgeProtocol if edge else "httptools",
+        # One write per response, a limit on the request head, and (on the
+        # gateway listener) forward-auth answers from the cache without an
+        # ASGI task: see gateway.transport.
+        http=EdgeProtocol,
         ws="none",
         lifespan="off",
         log_config=None,

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from gateway.transport import EdgeProtocol
 from tests.conftest import free_port
 
 T = TypeVar("T")
@@ -89,6 +90,7 @@ class LiveApps:
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
+                http=EdgeProtocol,  # the protocol both listeners of serve use
             )
             self._servers.append(_Server(config, ready))
         try:

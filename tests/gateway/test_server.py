@@ -52,6 +52,22 @@ async def test_serve_runs_the_gateway_and_the_admin_listener_in_one_process(
     assert any(line["key_id"] == record.id for line in access)
 
 
+async def test_both_listeners_refuse_a_head_beyond_64_kib(
+    serving_gateway: tuple[GatewayProcess, str, str],
+) -> None:
+    _, url, admin = serving_gateway
+    for listener in (url, admin):
+        host, port = listener.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = "GET /api/me HTTP/1.1\r\nHost: t\r\nX-Big: " + "a" * 70_000
+        try:
+            writer.write(f"{head}\r\n\r\n".encode())
+            answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 431 "), listener
+
+
 async def test_the_client_address_is_the_socket_peer_not_a_forwarded_header(
     serving_gateway: tuple[GatewayProcess, str, str],
     real_store: KeyStore,
