@@ -277,6 +277,7 @@ class AdminApi:
             Event(
                 action=action,
                 actor=call.caller.user.id,
+                actor_key_id=call.caller.key_id,
                 request_id=call.request_id,
                 client=call.client,
                 status=exc.status,
@@ -296,10 +297,13 @@ class AdminApi:
         user_id: str | None = None,
         changes: dict[str, Any] | None = None,
     ) -> None:
+        caller = call.caller
+        assert caller is not None
         await self.audit.record(
             Event(
                 action=action,
-                actor=call.user.id,
+                actor=caller.user.id,
+                actor_key_id=caller.key_id,
                 request_id=call.request_id,
                 client=call.client,
                 status=status,

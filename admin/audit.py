@@ -65,6 +65,9 @@ class Event:
     request_id: str
     client: str | None
     status: int
+    # The API key the actor signed in with (None for SSO and the CLI): after
+    # a key leaks, what it was used for can be found.
+    actor_key_id: str | None = None
     key_id: str | None = None
     user_id: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +85,7 @@ class Event:
         return {
             "time": iso(self.time),
             "actor": self.actor or "",
+            "actor_key_id": self.actor_key_id or "",
             "action": self.action,
             "outcome": self.outcome,
             "status": str(self.status),
@@ -99,6 +103,7 @@ def _entry(entry_id: str, data: dict[str, str]) -> dict[str, Any]:
         "id": entry_id,
         "time": data.get("time", ""),
         "actor": data.get("actor") or None,
+        "actor_key_id": data.get("actor_key_id") or None,
         "action": data.get("action", ""),
         "outcome": data.get("outcome", "ok"),
         "status": int(data.get("status", "0")),

@@ -224,6 +224,9 @@ class AuditEntry(BaseModel):
     id: str = Field(description="The stream entry id; also the paging cursor.")
     time: datetime
     actor: str | None
+    actor_key_id: str | None = Field(
+        description="The API key the actor signed in with; null for SSO and the CLI."
+    )
     action: str
     outcome: Literal["ok", "refused"]
     status: int

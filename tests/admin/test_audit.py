@@ -35,6 +35,8 @@ async def test_create_edit_and_delete_are_audited_without_the_key(
     assert [e["action"] for e in entries] == ["key.create", "key.edit", "key.delete"]
     create, edit, delete = entries
     assert create["actor"] == "alice"
+    signed_in_with = (await world.store.list_keys("alice"))[0].id
+    assert {e["actor_key_id"] for e in entries} == {signed_in_with}
     assert create["key_id"] == key_id
     assert create["user_id"] == "alice"
     assert create["request_id"] == "req-create"
@@ -87,6 +89,8 @@ async def test_refused_attempts_of_an_identified_caller_are_audited(
         ("key.get", "mallory", "404"),
     ]
     assert all(e["outcome"] == "refused" for e in entries)
+    mallory_key = (await world.store.list_keys("mallory"))[0].id
+    assert all(e["actor_key_id"] == mallory_key for e in entries)
     assert entries[0]["detail"].startswith("This action requires")
     assert entries[1]["key_id"] == entries[2]["key_id"] == bob_key.id
     assert {r.levelno for r in audit_log.records} == {logging.WARNING}
@@ -259,6 +263,8 @@ async def test_the_audit_api_pages_newest_first(world: World) -> None:
     assert names == ["k4", "k3", "k2", "k1", "k0"]
     assert second["next"] is None
     assert first["items"][0]["time"].endswith("Z")
+    signed_in_with = (await world.store.list_keys("admin"))[0].id
+    assert first["items"][0]["actor_key_id"] == signed_in_with
 
 
 async def test_the_stream_stays_near_its_maximum_length(world: World) -> None:

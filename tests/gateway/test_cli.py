@@ -322,6 +322,7 @@ def test_operator_actions_are_audited_without_the_key(
         "user.edit",
     ]
     assert {e["actor"] for e in entries} == {"cli"}
+    assert {e["actor_key_id"] for e in entries} == {""}
     assert entries[2]["key_id"] == key_id
     assert json.loads(entries[2]["changes"]) == {"name": "renamed"}
     assert plaintext.strip() not in repr(entries)
