@@ -219,7 +219,7 @@
     showKeys();
     if (admin) await loadUsers();
     await loadKeys();
-    $("main").focus();
+    $("main").focus({ preventScroll: true });
   }
 
   // Keys ---------------------------------------------------------------
@@ -541,6 +541,13 @@
         if (index === 3) td.className = entry.outcome === "ok" ? "ok" : "refused";
         if (index === 6) td.className = "details";
         if (index === 4) td.classList.add("mono");
+        if (index === 1 && entry.actor_key_id) {
+          // The API key the actor signed in with: what a leaked key did.
+          const via = document.createElement("span");
+          via.className = "via mono";
+          via.textContent = `with key ${entry.actor_key_id}`;
+          td.append(via);
+        }
         tr.append(td);
       });
       rows.append(tr);

@@ -430,4 +430,7 @@ def test_an_administrator_creates_a_key_for_another_user_and_reads_the_audit(
     row = p.locator("#audit-rows tr", has_text="key.create").filter(has_text=bob_id)
     expect(row.first).to_contain_text(admin_id)
     expect(row.first).to_contain_text("Made for Bob")
+    assert stack.live is not None and stack.store is not None
+    (signed_in_with,) = stack.live.run(stack.store.list_keys(admin_id))
+    expect(row.first.locator(".via")).to_have_text(f"with key {signed_in_with.id}")
     page.shot("audit")
