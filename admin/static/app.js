@@ -26,6 +26,7 @@
     users: [],
     editing: null, // the key being edited, or null when creating
     removing: null,
+    disabling: null,
     returnFocus: null,
     auditNext: null,
   };
@@ -145,8 +146,7 @@
   function showSignIn(message) {
     state.me = null;
     $("account").hidden = true;
-    $("keys-view").hidden = true;
-    $("audit-view").hidden = true;
+    for (const view of VIEWS) $(`${view}-view`).hidden = true;
     $("signin").hidden = false;
     const error = $("signin-error");
     error.textContent = message || "";
@@ -224,12 +224,17 @@
 
   // Keys ---------------------------------------------------------------
 
-  function showKeys() {
-    $("audit-view").hidden = true;
-    $("keys-view").hidden = false;
-    $("tab-keys").setAttribute("aria-current", "page");
-    $("tab-audit").removeAttribute("aria-current");
+  const VIEWS = ["keys", "users", "audit"];
+
+  function showView(name) {
+    for (const view of VIEWS) {
+      $(`${view}-view`).hidden = view !== name;
+      if (view === name) $(`tab-${view}`).setAttribute("aria-current", "page");
+      else $(`tab-${view}`).removeAttribute("aria-current");
+    }
   }
+
+  function showKeys() { showView("keys"); }
 
   async function loadUsers() {
     try {
@@ -490,13 +495,86 @@
     }
   }
 
+  // Users ----------------------------------------------------------------
+
+  async function showUsers() {
+    showView("users");
+    await loadUsers();
+    renderUsers();
+    $("users-title").focus();
+  }
+
+  function renderUsers() {
+    const rows = $("user-rows");
+    rows.replaceChildren();
+    for (const user of state.users) {
+      const tr = document.createElement("tr");
+      tr.dataset.userId = user.id;
+      const privileges = user.privileges.map((p) => LABEL[p] || p).join(", ") || "None";
+      const cells = [user.id, user.name, privileges];
+      for (const [index, text] of cells.entries()) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        if (index === 0) td.className = "mono";
+        if (index === 2) td.className = "details";
+        tr.append(td);
+      }
+      const status = document.createElement("td");
+      const badge = document.createElement("span");
+      badge.className = `badge ${user.disabled ? "badge-expired" : "badge-active"}`;
+      badge.textContent = user.disabled ? "Disabled" : "Active";
+      status.append(badge);
+      const actions = document.createElement("td");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = user.disabled ? "btn btn-quiet" : "btn btn-quiet btn-danger";
+      button.textContent = user.disabled ? "Enable" : "Disable";
+      button.setAttribute("aria-label", `${button.textContent} ${user.name} (${user.id})`);
+      if (user.id === state.me.id) {
+        button.disabled = true;
+        button.title = "You cannot disable yourself.";
+      }
+      button.addEventListener("click", () => (
+        user.disabled ? setDisabled(user, false, button) : askDisable(user, button)
+      ));
+      actions.append(button);
+      tr.append(status, actions);
+      rows.append(tr);
+    }
+  }
+
+  function askDisable(user, opener) {
+    state.disabling = user;
+    state.returnFocus = opener;
+    $("disable-text").textContent =
+      `Disable ${user.name} (${user.id})? Every key of theirs stops working at once, everywhere. Enabling them again makes their keys work again.`;
+    $("disable-dialog").showModal();
+    $("disable-cancel").focus();
+  }
+
+  async function setDisabled(user, disabled, opener) {
+    const button = disabled ? $("disable-confirm") : opener;
+    button.disabled = true;
+    try {
+      await api("PATCH", `api/users/${encodeURIComponent(user.id)}`, { disabled });
+      closeDialog($("disable-dialog"));
+      toast(`${disabled ? "Disabled" : "Enabled"} ${user.name}.`);
+      await loadUsers();
+      renderUsers();
+      const row = document.querySelector(`#user-rows tr[data-user-id="${CSS.escape(user.id)}"] button`);
+      if (row) row.focus();
+    } catch (err) {
+      closeDialog($("disable-dialog"));
+      handle(err, `Could not ${disabled ? "disable" : "enable"} ${user.name}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // Audit trail ---------------------------------------------------------
 
   async function showAudit() {
-    $("keys-view").hidden = true;
-    $("audit-view").hidden = false;
-    $("tab-audit").setAttribute("aria-current", "page");
-    $("tab-keys").removeAttribute("aria-current");
+    showView("audit");
     $("audit-rows").replaceChildren();
     state.auditNext = null;
     await loadAudit();
@@ -596,11 +674,15 @@
     $("created-dialog").addEventListener("cancel", () => { $("created-key").value = ""; });
     $("remove-cancel").addEventListener("click", () => closeDialog($("remove-dialog")));
     $("remove-confirm").addEventListener("click", confirmRemove);
-    for (const id of ["key-dialog", "created-dialog", "remove-dialog"]) {
+    for (const id of ["key-dialog", "created-dialog", "remove-dialog", "disable-dialog"]) {
       $(id).addEventListener("close", restoreFocus);
     }
     $("tab-keys").addEventListener("click", () => { showKeys(); loadKeys(); });
     $("tab-audit").addEventListener("click", showAudit);
+    $("tab-users").addEventListener("click", showUsers);
+    $("users-back").addEventListener("click", () => { showKeys(); loadKeys(); });
+    $("disable-cancel").addEventListener("click", () => closeDialog($("disable-dialog")));
+    $("disable-confirm").addEventListener("click", () => setDisabled(state.disabling, true));
     $("audit-back").addEventListener("click", () => { showKeys(); loadKeys(); });
     $("audit-more").addEventListener("click", loadAudit);
   }

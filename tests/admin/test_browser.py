@@ -10,7 +10,8 @@ output folder.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -434,3 +435,45 @@ def test_an_administrator_creates_a_key_for_another_user_and_reads_the_audit(
     (signed_in_with,) = stack.live.run(stack.store.list_keys(admin_id))
     expect(row.first.locator(".via")).to_have_text(f"with key {signed_in_with.id}")
     page.shot("audit")
+
+
+def test_an_administrator_disables_a_user_and_their_keys_stop_until_enabled(
+    page: Page, stack: Stack
+) -> None:
+    _, key = stack.user(privileges=ALL)
+    carol_id, carol_key = stack.user()
+    assert stack.whoami(carol_key).status_code == 200  # cached by the gateway now
+    page.sign_in(stack, key)
+    p = page.page
+
+    p.get_by_role("button", name="Users").click()
+    expect(p.get_by_role("heading", name="Users")).to_be_focused()
+    row = p.locator("#user-rows tr", has_text=carol_id)
+    expect(row).to_contain_text("User API Key Edit")
+    expect(row.locator(".badge")).to_have_text("Active")
+    row.get_by_role("button", name=f"Disable User {carol_id[1:5].upper()}").click()
+    confirm = p.get_by_role("dialog", name="Disable user?")
+    expect(confirm).to_contain_text("stops working at once")
+    page.shot("confirm-disable")
+    confirm.get_by_role("button", name="Disable").click()
+    expect(row.locator(".badge")).to_have_text("Disabled")
+    expect(row.get_by_role("button", name="Enable")).to_be_focused()
+    page.shot("users")
+    assert until(lambda: stack.whoami(carol_key).status_code == 401)
+
+    row.get_by_role("button", name="Enable").click()
+    expect(row.locator(".badge")).to_have_text("Active")
+    assert until(lambda: stack.whoami(carol_key).status_code == 200)
+    # The administrator's own row cannot be disabled from the page.
+    own = p.locator("#user-rows tr").filter(has=p.locator("button[disabled]"))
+    expect(own).to_have_count(1)
+
+
+def until(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether ``check`` holds within ``seconds`` (pub/sub reaches the gateway)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
