@@ -123,7 +123,7 @@ def _parameters(operation: Operation, defs: dict[str, Any]) -> list[dict[str, An
         )
         required = set(query_schema.get("required", ()))
         for name, schema in query_schema["properties"].items():
-            schema = dict(schema)
+            schema = _without_null(schema)
             schema.pop("title", None)
             description = schema.pop("description", None)
             parameter = {
@@ -136,6 +136,25 @@ def _parameters(operation: Operation, defs: dict[str, Any]) -> list[dict[str, An
                 parameter["description"] = description
             parameters.append(parameter)
     return parameters
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema: a query string cannot carry null.
+
+    An optional parameter is simply left out, so the model's ``X | None``
+    becomes the schema of X.
+    """
+    schema = dict(schema)
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        if len(kept) == 1:
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+    if schema.get("default", ...) is None:
+        del schema["default"]
+    return schema
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:

@@ -236,6 +236,13 @@
 
   function showKeys() { showView("keys"); }
 
+  async function backToKeys() {
+    // The button that was pressed is hidden now: focus goes to the heading.
+    showKeys();
+    $("keys-title").focus();
+    await loadKeys();
+  }
+
   async function loadUsers() {
     try {
       state.users = (await api("GET", "api/users")).items;
@@ -525,21 +532,23 @@
       badge.textContent = user.disabled ? "Disabled" : "Active";
       status.append(badge);
       const actions = document.createElement("td");
+      tr.append(status, actions);
+      rows.append(tr);
+      if (user.id === state.me.id) {
+        // Disabling yourself is refused by the API: no button to try.
+        actions.textContent = "You";
+        actions.className = "muted";
+        continue;
+      }
       const button = document.createElement("button");
       button.type = "button";
       button.className = user.disabled ? "btn btn-quiet" : "btn btn-quiet btn-danger";
       button.textContent = user.disabled ? "Enable" : "Disable";
       button.setAttribute("aria-label", `${button.textContent} ${user.name} (${user.id})`);
-      if (user.id === state.me.id) {
-        button.disabled = true;
-        button.title = "You cannot disable yourself.";
-      }
       button.addEventListener("click", () => (
         user.disabled ? setDisabled(user, false, button) : askDisable(user, button)
       ));
       actions.append(button);
-      tr.append(status, actions);
-      rows.append(tr);
     }
   }
 
@@ -680,10 +689,10 @@
     $("tab-keys").addEventListener("click", () => { showKeys(); loadKeys(); });
     $("tab-audit").addEventListener("click", showAudit);
     $("tab-users").addEventListener("click", showUsers);
-    $("users-back").addEventListener("click", () => { showKeys(); loadKeys(); });
+    $("users-back").addEventListener("click", backToKeys);
     $("disable-cancel").addEventListener("click", () => closeDialog($("disable-dialog")));
     $("disable-confirm").addEventListener("click", () => setDisabled(state.disabling, true));
-    $("audit-back").addEventListener("click", () => { showKeys(); loadKeys(); });
+    $("audit-back").addEventListener("click", backToKeys);
     $("audit-more").addEventListener("click", loadAudit);
   }
 

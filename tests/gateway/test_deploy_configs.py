@@ -89,6 +89,9 @@ def test_the_services_and_policy_name_ports_the_container_has() -> None:
     # The admin listener is open only to labelled pods.
     (admin_rule,) = [r for r in policy["spec"]["ingress"] if "from" in r]
     assert [p["port"] for p in admin_rule["ports"]] == ["admin"]
+    # Pods of this namespace only: a namespace selector would let any
+    # namespace label a pod and reach the admin API.
+    assert all("namespaceSelector" not in peer for peer in admin_rule["from"])
 
 
 def test_the_pod_runs_as_the_images_user_without_privileges() -> None:
