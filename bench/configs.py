@@ -23,23 +23,26 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PATH = "/rpa/api/v1/bench/status"
 KEY_HEADER = "X-API-Key"
 
+# Also the order of the runs in a round: the two sides of each target ratio
+# are neighbours (nginx_trivial_auth and gateway_forward_auth; python_proxy,
+# gateway and gateway_miss).
 DESCRIPTIONS = {
     "direct": "wrk straight to the upstream nginx",
     "nginx_proxy": "nginx proxy_pass with upstream keep-alive (the C reference)",
-    "python_proxy": (
-        "aiohttp.web forwarding with one pooled aiohttp ClientSession, "
-        "one process, no authentication"
-    ),
     "nginx_trivial_auth": (
         "nginx auth_request to an allow-all ASGI endpoint on uvicorn "
         "(uvloop, httptools)"
+    ),
+    "gateway_forward_auth": "nginx auth_request to the gateway's /_gateway/auth",
+    "python_proxy": (
+        "aiohttp.web forwarding with one pooled aiohttp ClientSession, "
+        "one process, no authentication"
     ),
     "gateway": "rpa-gateway serve, one worker, real Redis, one key: cache hits",
     "gateway_miss": (
         "as gateway, positive cache off (CACHE_TTL_SECONDS=0) and a pool of "
         "keys rotated per request: one Redis lookup per request"
     ),
-    "gateway_forward_auth": "nginx auth_request to the gateway's /_gateway/auth",
     "gateway_workers": "rpa-gateway serve --workers 2",
     "gateway_assertions": (
         "as gateway, with signed identity assertions on (Ed25519): each "

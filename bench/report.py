@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,23 +54,64 @@ def _divide(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
 
-def ratios(configurations: Mapping[str, Any], connections: int) -> dict[str, Any]:
-    """The four ratios with targets, at one connection count."""
+# The pairs behind the four ratios with targets: (name, numerator,
+# denominator, figure).
+RATIO_PAIRS = (
+    ("gateway / python_proxy", "gateway", "python_proxy", "rps"),
+    (
+        "gateway_forward_auth / nginx_trivial_auth",
+        "gateway_forward_auth",
+        "nginx_trivial_auth",
+        "rps",
+    ),
+    ("gateway_miss / gateway", "gateway_miss", "gateway", "rps"),
+    ("gateway p99 / python_proxy p99", "gateway", "python_proxy", "p99_ms"),
+)
 
-    def rps(name: str) -> float | None:
-        return _figure(configurations, name, "rps", connections)
 
-    def p99(name: str) -> float | None:
-        return _figure(configurations, name, "p99_ms", connections)
+def ratios(
+    configurations: Mapping[str, Any], connections: int, *, paired: bool = True
+) -> dict[str, Any]:
+    """The four ratios with targets, at one connection count.
 
+    Paired (the default): in each round the two configurations of a ratio
+    run one right after the other, so each round gives one ratio of two
+    runs a few seconds apart, and the figure is the median of those. A
+    slowdown of the machine that lasts a minute then falls on both sides of
+    a ratio instead of on one. Unpaired: the ratio of the two medians.
+    """
     return {
-        "gateway / python_proxy": _divide(rps("gateway"), rps("python_proxy")),
-        "gateway_forward_auth / nginx_trivial_auth": _divide(
-            rps("gateway_forward_auth"), rps("nginx_trivial_auth")
-        ),
-        "gateway_miss / gateway": _divide(rps("gateway_miss"), rps("gateway")),
-        "gateway p99 / python_proxy p99": _divide(p99("gateway"), p99("python_proxy")),
+        name: _ratio(configurations, a, b, field, connections, paired=paired)
+        for name, a, b, field in RATIO_PAIRS
     }
+
+
+def _ratio(
+    configurations: Mapping[str, Any],
+    a: str,
+    b: str,
+    field: str,
+    connections: int,
+    *,
+    paired: bool,
+) -> float | None:
+    runs_a, runs_b = (_runs(configurations, n, connections) for n in (a, b))
+    if paired and runs_a and len(runs_a) == len(runs_b):
+        per_round = [
+            x[field] / y[field] for x, y in zip(runs_a, runs_b, strict=True) if y[field]
+        ]
+        return round(statistics.median(per_round), 3) if per_round else None
+    return _divide(
+        _figure(configurations, a, field, connections),
+        _figure(configurations, b, field, connections),
+    )
+
+
+def _runs(
+    configurations: Mapping[str, Any], name: str, connections: int
+) -> list[Mapping[str, Any]]:
+    entry = configurations.get(name, {}).get("connections", {}).get(str(connections))
+    return list(entry.get("runs", ())) if entry else []
 
 
 def _dig(result: Mapping[str, Any], dotted: str) -> float | None:
@@ -152,7 +194,9 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        f"Ratios at {RATIO_CONNECTIONS} connections, medians of the rounds.",
+        f"Ratios at {RATIO_CONNECTIONS} connections: in each round the two "
+        "configurations of a ratio run back to back; the figure is the median "
+        "of the rounds' ratios.",
         "",
         "| figure | value | target | verdict |",
         "| --- | ---: | :---: | --- |",

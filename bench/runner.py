@@ -214,7 +214,9 @@ def _measure_all(
     )
     try:
         setups: list[Setup] = []
-        for name in options.names:
+        # In configs.NAMES order whatever --only says: that order keeps the
+        # two sides of each ratio next to each other in a round.
+        for name in sorted(options.names, key=configs.NAMES.index):
             log(f"Starting {name}.")
             setups.append(configs.STARTERS[name](env_for_setups))
         series = measure(setups, plan)
@@ -229,6 +231,9 @@ def _measure_all(
     result = _skeleton(options)
     result["configurations"] = configurations
     result["ratios"] = report.ratios(configurations, report.RATIO_CONNECTIONS)
+    result["ratios_of_medians"] = report.ratios(
+        configurations, report.RATIO_CONNECTIONS, paired=False
+    )
     if 128 in options.connections:
         result["ratios_at_128"] = report.ratios(configurations, 128)
     if options.extras:
@@ -362,8 +367,12 @@ def _notes(options: Options) -> list[str]:
     return [
         "Every process is started by the harness on 127.0.0.1 free ports and "
         "stopped at the end.",
-        "Rounds alternate the order of configurations and connection counts "
-        "(forward, then backward); each figure is the median of its rounds.",
+        "Rounds alternate the order of connection counts and configurations "
+        "(forward, then backward); within a round each connection count runs "
+        "every configuration in turn, the two sides of each target ratio next "
+        "to each other. Each figure is the median of its rounds; each target "
+        "ratio is the median of the rounds' ratios of two runs seconds apart "
+        "(ratios_of_medians has the ratios of the medians).",
         "Requests per second and latency come from wrk (one thread, keep-alive, "
         "5 s timeout); p50/p99 are wrk's latency percentiles.",
         "Errors are socket errors (connect, read, write, timeout) plus responses "

@@ -1,9 +1,12 @@
 """Load runs: check each configuration, warm it, then alternate rounds.
 
 Rounds alternate direction (forward, then backward, ...) over the
-configurations and the connection counts, so slow drift on a shared machine
+connection counts and the configurations, so slow drift on a shared machine
 (a neighbour's load, thermal limits) falls on every configuration alike
-instead of on whichever happens to run last.
+instead of on whichever happens to run last. Within a round, each
+connection count runs every configuration in turn, in the order given
+(``configs.NAMES`` puts the two sides of each target ratio next to each
+other), so the two runs of a ratio are seconds apart, not minutes.
 """
 
 from __future__ import annotations
@@ -160,8 +163,8 @@ def measure(setups: Sequence[Setup], plan: Plan) -> dict[str, dict[int, Series]]
         forward = round_index % 2 == 0
         order = list(setups) if forward else list(reversed(setups))
         counts = plan.connections if forward else tuple(reversed(plan.connections))
-        for setup in order:
-            for connections in counts:
+        for connections in counts:
+            for setup in order:
                 budget -= _settle(plan, budget)
                 result, noise, cpu = _run(setup, plan, connections, plan.duration)
                 series = results[setup.name][connections]

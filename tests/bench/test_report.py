@@ -81,6 +81,28 @@ def test_ratios_have_exactly_the_four_names_at_32_connections() -> None:
     assert ratios["gateway p99 / python_proxy p99"] == pytest.approx(1.2)
 
 
+def _rounds(*rps: float) -> dict[str, Any]:
+    runs = [{"rps": value, "p99_ms": 10_000 / value} for value in rps]
+    median = sorted(rps)[len(rps) // 2]
+    summary = {"rps": median, "p99_ms": 10_000 / median, "runs": runs}
+    return {"connections": {"32": summary}}
+
+
+def test_a_ratio_is_the_median_of_the_rounds_ratios() -> None:
+    # The machine slowed down in round 1 for both sides of the ratio, and
+    # in round 2 for the gateway alone: the rounds' ratios see through it,
+    # the ratio of the two medians does not.
+    configurations = {
+        "python_proxy": _rounds(2500, 5000, 5000),
+        "gateway": _rounds(2400, 2400, 4800),
+    }
+    paired = report.ratios(configurations, 32)
+    assert paired["gateway / python_proxy"] == pytest.approx(0.96)
+    assert paired["gateway p99 / python_proxy p99"] == pytest.approx(1.042)
+    unpaired = report.ratios(configurations, 32, paired=False)
+    assert unpaired["gateway / python_proxy"] == pytest.approx(0.48)
+
+
 def test_a_missing_configuration_gives_no_ratio() -> None:
     ratios = report.ratios({"gateway": CONFIGS["gateway"]}, 32)
     assert ratios["gateway / python_proxy"] is None
