@@ -71,6 +71,9 @@ class Options:
     gateway_env: dict[str, str]
     profile: tuple[str, ...] = ()
     quiet_budget: float = 0.0
+    # Seconds between two load runs (also the window that measures whether
+    # other processes are busy).
+    pause: float = 0.3
 
 
 class SetupError(RuntimeError):
@@ -211,6 +214,7 @@ def _measure_all(
         load_cpus=env.load_cpus,
         extra_pids=(redis_pid,) if redis_pid else (),
         quiet_budget=options.quiet_budget,
+        pause=options.pause,
     )
     try:
         setups: list[Setup] = []
