@@ -196,20 +196,32 @@ async def test_a_huge_body_is_413(alice: World) -> None:
 @pytest.mark.parametrize(
     ("query", "field"),
     [
-        pytest.param("limit=0", "limit", id="zero"),
-        pytest.param("limit=501", "limit", id="too-many"),
-        pytest.param("limit=ten", "limit", id="words"),
-        pytest.param("before=yesterday", "before", id="bad-cursor"),
-        pytest.param("before=99999999999999999999-0", "before", id="time-past-64-bits"),
+        pytest.param("audit?limit=0", "limit", id="zero"),
+        pytest.param("audit?limit=501", "limit", id="too-many"),
+        pytest.param("audit?limit=ten", "limit", id="words"),
+        pytest.param("audit?before=yesterday", "before", id="bad-cursor"),
         pytest.param(
-            "before=1-18446744073709551616", "before", id="sequence-past-64-bits"
+            "audit?before=99999999999999999999-0", "before", id="time-past-64-bits"
         ),
-        pytest.param("before=0-0", "before", id="nothing-before"),
-        pytest.param("before=%EF%BC%91-%EF%BC%91", "before", id="full-width-digits"),
+        pytest.param(
+            "audit?before=1-18446744073709551616", "before", id="sequence-past-64-bits"
+        ),
+        pytest.param("audit?before=0-0", "before", id="nothing-before"),
+        pytest.param(
+            "audit?before=%EF%BC%91-%EF%BC%91", "before", id="full-width-digits"
+        ),
+        pytest.param("keys?limit=0", "limit", id="keys-limit-zero"),
+        pytest.param("keys?limit=1001", "limit", id="keys-limit-over"),
+        pytest.param("keys?limit=ten", "limit", id="keys-limit-word"),
+        pytest.param("keys?before=alice", "before", id="keys-before-not-an-id"),
+        pytest.param("users?limit=-1", "limit", id="users-limit"),
+        pytest.param("users?after=a%20b", "after", id="users-after"),
     ],
 )
-async def test_bad_audit_paging_is_422(alice: World, query: str, field: str) -> None:
-    response = await alice.call("GET", f"/api/audit?{query}", "alice")
+async def test_bad_paging_is_422_naming_the_parameter(
+    alice: World, query: str, field: str
+) -> None:
+    response = await alice.call("GET", f"/api/{query}", "alice")
 
     assert response.status_code == 422
     assert response.json()["field"] == field
