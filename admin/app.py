@@ -266,25 +266,19 @@ class AdminApi:
             await self._record_refusal(call, action, exc)
 
     async def _record_refusal(self, call: Call, action: str, exc: GatewayError) -> None:
-        assert call.caller is not None
         params = call.request.path_params
         user_id = (
             call.target
             or params.get("user_id")
             or call.request.query_params.get("user_id")
         )
-        await self.audit.record(
-            Event(
-                action=action,
-                actor=call.caller.user.id,
-                actor_key_id=call.caller.key_id,
-                request_id=call.request_id,
-                client=call.client,
-                status=exc.status,
-                key_id=checked_key_id(params.get("key_id")),
-                user_id=checked_user_id(user_id),
-                detail=exc.detail,
-            )
+        await self._record(
+            call,
+            action,
+            exc.status,
+            key_id=checked_key_id(params.get("key_id")),
+            user_id=checked_user_id(user_id),
+            detail=exc.detail,
         )
 
     async def _record(
@@ -296,6 +290,7 @@ class AdminApi:
         key_id: str | None = None,
         user_id: str | None = None,
         changes: dict[str, Any] | None = None,
+        detail: str | None = None,
     ) -> None:
         caller = call.caller
         assert caller is not None
@@ -310,6 +305,7 @@ class AdminApi:
                 key_id=key_id,
                 user_id=user_id,
                 changes=changes or {},
+                detail=detail,
             )
         )
 
